@@ -1,0 +1,51 @@
+# 얇은 래퍼: 처음 실행하면 저장소 루트에 .venv/ 를 만들고 설치합니다.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export NO_MKDOCS_2_WARNING := 1
+
+.PHONY: help lab sim test test-fast grade docs docs-build starters bench clean
+
+help:
+	@echo "make lab         시뮬레이터 + JupyterLab 으로 코스 시작"
+	@echo "make test        모든 테스트 실행 (시뮬레이터, 채점기 메타테스트, 노트북, 문서)"
+	@echo "make grade       내 실습(steps/) 채점: pytest grader"
+	@echo "make docs        문서 사이트를 로컬에서 미리보기"
+	@echo "make docs-build  문서 사이트를 site/ 로 빌드"
+	@echo "make starters    solutions/ 에서 steps/ 스타터 코드를 다시 생성 (유지보수자용)"
+	@echo "make bench       시뮬레이터 처리량 벤치마크"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/course lab
+
+sim: $(STAMP)
+	$(BIN)/course sim
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+grade: $(STAMP)
+	$(BIN)/python -m pytest grader
+
+docs: $(STAMP)
+	$(BIN)/mkdocs serve
+
+docs-build: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+starters: $(STAMP)
+	$(BIN)/course starters --write
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/simulator_throughput.py
+
+clean:
+	rm -rf $(VENV) site .pytest_cache
