@@ -1,0 +1,254 @@
+"""`course`: the learner's and instructor's command line.
+
+    course sim                 Gemini API 시뮬레이터 실행
+    course lab                 시뮬레이터 + JupyterLab (steps/)
+    course grade [STEP]        채점하고 진행 상황과 다음 할 일 보기
+    course starters --write    solutions/ 에서 steps/ 스타터 다시 만들기 (유지보수자)
+    course docker-base         로컬 Docker 베이스 이미지 만들기 (레지스트리에 닿지 않을 때)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import REPO_ROOT, manifest
+
+LOCAL_KEY = "course-local-simulator-key"
+STATE_FILE = REPO_ROOT / ".course" / "progress.json"
+
+
+# --------------------------------------------------------------------------- sim
+def _cmd_sim(args) -> int:
+    from . import simulator
+
+    return simulator.serve_from_args(args) or 0
+
+
+# --------------------------------------------------------------------------- lab
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def lab_environment(base_env: dict[str, str], sim_url: str | None) -> dict[str, str]:
+    """Environment for JupyterLab and the services learners start from it."""
+    env = dict(base_env)
+    if sim_url is None:  # real Gemini: leave the base URL alone (unset -> Google)
+        env.pop("GOOGLE_GEMINI_BASE_URL", None)
+        return env
+    env["GOOGLE_GEMINI_BASE_URL"] = sim_url
+    # Any non-empty key works with the simulator; never send the learner's real key to it.
+    env["GOOGLE_API_KEY"] = LOCAL_KEY
+    env.pop("GEMINI_API_KEY", None)
+    env.setdefault("SERVICE_API_KEY", "dev-service-key")
+    return env
+
+
+def _cmd_lab(args) -> int:
+    real = args.real or _truthy(os.environ.get("COURSE_USE_REAL_GEMINI"))
+    if real and not os.environ.get("GOOGLE_API_KEY"):
+        print("실제 Gemini 를 쓰려면 GOOGLE_API_KEY 환경 변수가 필요합니다.", file=sys.stderr)
+        return 2
+    jupyter = shutil.which("jupyter", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    if jupyter is None:
+        print("jupyter 를 찾을 수 없습니다. `make lab` 으로 설치하세요.", file=sys.stderr)
+        return 2
+    cmd = [jupyter, "lab", f"--notebook-dir={args.notebook_dir}", f"--port={args.port}", "--ServerApp.ip=127.0.0.1"]
+    if args.no_browser:
+        cmd.append("--no-browser")
+    cmd += args.jupyter_args
+
+    if real:
+        print("실제 Gemini API 를 사용합니다 (COURSE_USE_REAL_GEMINI). 호출마다 비용이 들 수 있습니다.")
+        return subprocess.call(cmd, env=lab_environment(dict(os.environ), None))
+
+    from .simulator import SimulatorProcess
+
+    with SimulatorProcess(latency=args.latency, port=args.sim_port) as sim:
+        env = lab_environment(dict(os.environ), sim.base_url)
+        print(f"Gemini 시뮬레이터: {sim.base_url}  (GOOGLE_GEMINI_BASE_URL 로 설정됨, API 키 불필요)")
+        print(f"JupyterLab 을 시작합니다: {args.notebook_dir}  (끝내려면 Ctrl+C)")
+        proc = subprocess.Popen(cmd, env=env)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            try:
+                return proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait()
+
+
+# --------------------------------------------------------------------------- grade
+def _load_state() -> dict:
+    try:
+        return json.loads(STATE_FILE.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _save_state(state: dict) -> None:
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    STATE_FILE.write_text(json.dumps(state, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / total) if total else 0
+    return "█" * filled + "░" * (width - filled)
+
+
+def print_progress(state: dict, m: manifest.Manifest | None = None) -> None:
+    m = m or manifest.load()
+    total_checks = sum(len(s.checks) for s in m.steps)
+    done_checks = 0
+    print("\n진행 상황")
+    for s in m.steps:
+        st = state.get(s.id)
+        if s.status != "ready":
+            print(f"  {s.id}  {s.title:<28} 준비 중")
+            continue
+        passed = st["passed"] if st else 0
+        done_checks += passed
+        mark = "✅" if st and passed == len(s.checks) else ("▶ " if st else "  ")
+        print(f"  {s.id}  {s.title:<28} {_bar(passed, len(s.checks), 10)} {passed}/{len(s.checks)} {mark}")
+    print(f"  전체 {_bar(done_checks, total_checks)} {done_checks}/{total_checks} 항목")
+
+
+def next_todo(state: dict, m: manifest.Manifest | None = None) -> str:
+    m = m or manifest.load()
+    for s in m.steps:
+        if s.status != "ready":
+            continue
+        st = state.get(s.id)
+        if st is None:
+            return f"다음 할 일: {s.id} {s.title} — steps/{s.folder}/{s.notebook} 을 열고 `course grade {s.number:02d}` 로 채점하세요."
+        for cid, outcome in st.get("checks", {}).items():
+            if outcome != "passed":
+                c = m.check(cid)
+                return f"다음 할 일: [{cid}] {c.title}\n  힌트: {c.hint}"
+    return "다음 할 일: 준비된 단계를 모두 통과했습니다. 🎉 다음 단계가 공개되면 이어서 진행하세요."
+
+
+def _cmd_grade(args) -> int:
+    m = manifest.load()
+    steps = [m.step(args.step)] if args.step else [s for s in m.steps if s.status == "ready"]
+    with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
+        report_path = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "grader"), "-p", "no:cacheprovider",
+               "--grade-report", str(report_path), "-q", "--no-header"]
+        if args.step:
+            cmd += ["-k", steps[0].id]
+        if args.target:
+            cmd += ["--target", str(Path(args.target).resolve())]
+        cmd += args.pytest_args
+        rc = subprocess.call(cmd, cwd=REPO_ROOT)
+        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {"steps": {}}
+    if not args.target:
+        state = _load_state()
+        for sid, s in report["steps"].items():
+            state[sid] = {"passed": s["passed"], "total": s["total"],
+                          "checks": {cid: c["outcome"] for cid, c in s["checks"].items()}}
+        _save_state(state)
+    else:
+        state = {sid: {"passed": s["passed"], "checks": {c: v["outcome"] for c, v in s["checks"].items()}}
+                 for sid, s in report["steps"].items()}
+    print_progress(state, m)
+    print()
+    print(next_todo(state, m))
+    return rc
+
+
+# --------------------------------------------------------------------------- maintainers
+def _cmd_starters(args) -> int:
+    from . import starters
+
+    if args.write:
+        written = starters.write_all()
+        for p in written:
+            print(f"생성: {p.relative_to(REPO_ROOT)}")
+        print(f"스타터 {len(written)}개 파일을 갱신했습니다." if written else "스타터가 이미 최신입니다.")
+        return 0
+    problems = starters.check_all()
+    for p in problems:
+        print(p)
+    if problems:
+        print("`course starters --write` 로 다시 생성하세요.", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _cmd_docker_base(args) -> int:
+    from . import dockerbase
+
+    return dockerbase.main(args.rest) or 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="course",
+        description="MLOps 기초 코스 도구: Gemini 시뮬레이터, JupyterLab, 채점기",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="명령")
+    sub.required = True
+
+    p_sim = sub.add_parser("sim", help="로컬 Gemini API 시뮬레이터 실행", description="로컬 Gemini API 시뮬레이터를 실행합니다.")
+    try:
+        from . import simulator
+
+        simulator.add_arguments(p_sim)
+    except (ImportError, AttributeError):  # pragma: no cover - only while the simulator is missing
+        pass
+    p_sim.set_defaults(func=_cmd_sim)
+
+    p_lab = sub.add_parser("lab", help="시뮬레이터를 띄우고 JupyterLab 시작",
+                           description="시뮬레이터를 백그라운드에서 띄우고 steps/ 에서 JupyterLab 을 엽니다. "
+                                       "노트북과 서비스는 GOOGLE_GEMINI_BASE_URL 로 시뮬레이터에 연결됩니다.")
+    p_lab.add_argument("--port", type=int, default=8888, help="JupyterLab 포트 (기본 8888)")
+    p_lab.add_argument("--sim-port", type=int, default=None, help="시뮬레이터 포트 (기본: 빈 포트)")
+    p_lab.add_argument("--latency", choices=["zero", "realistic"], default="realistic",
+                       help="시뮬레이터 지연 모델 (기본 realistic)")
+    p_lab.add_argument("--notebook-dir", default=str(REPO_ROOT / "steps"), help="노트북 폴더 (기본 steps/)")
+    p_lab.add_argument("--no-browser", action="store_true", help="브라우저를 열지 않음")
+    p_lab.add_argument("--real", action="store_true",
+                       help="시뮬레이터 대신 실제 Gemini 사용 (GOOGLE_API_KEY 필요, COURSE_USE_REAL_GEMINI=1 과 같음)")
+    p_lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="jupyter lab 에 그대로 넘길 인자")
+    p_lab.set_defaults(func=_cmd_lab)
+
+    p_grade = sub.add_parser("grade", help="채점하고 진행 상황 보기",
+                             description="pytest grader 로 단계를 채점하고, 여섯 단계의 진행 상황과 다음 할 일을 보여 줍니다.")
+    p_grade.add_argument("step", nargs="?", help="단계 (예: 02, step02, 02-fastapi). 없으면 준비된 모든 단계")
+    p_grade.add_argument("--target", help="채점할 폴더 (기본: steps/)")
+    p_grade.add_argument("pytest_args", nargs=argparse.REMAINDER, help="pytest 에 그대로 넘길 인자")
+    p_grade.set_defaults(func=_cmd_grade)
+
+    p_st = sub.add_parser("starters", help="(유지보수자) solutions/ 에서 steps/ 스타터 생성/확인")
+    p_st.add_argument("--write", action="store_true", help="스타터 파일을 다시 씀 (없으면 확인만)")
+    p_st.set_defaults(func=_cmd_starters)
+
+    p_db = sub.add_parser("docker-base", help="로컬 Docker 베이스 이미지 만들기 (레지스트리에 닿지 않을 때)",
+                          add_help=False)
+    p_db.add_argument("rest", nargs=argparse.REMAINDER)
+    p_db.set_defaults(func=_cmd_docker_base)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyError as exc:  # unknown step names and the like
+        print(f"오류: {exc.args[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

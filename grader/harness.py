@@ -1,0 +1,319 @@
+"""Tools the step graders use: check marks, Korean failures, measured values,
+the learner's service as a real process, Locust as a headless subprocess.
+
+A grader module looks like this::
+
+    STEP = "step02"
+
+    @check("step02.auth")
+    def test_auth(service):
+        r = httpx.post(...)
+        if r.status_code != 401:
+            fail(expected="401", measured=str(r.status_code))
+
+Everything a check needs (thresholds, scenarios, fixtures) lives in `grader/`, never in
+the learner's folder, so editing files outside the step folder cannot make a check pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from coursekit import manifest
+
+__all__ = [
+    "CheckFailed",
+    "LocustResult",
+    "Service",
+    "check",
+    "fail",
+    "free_port",
+    "record",
+    "require_tool",
+    "run_locust",
+    "run_service",
+    "tools_required",
+    "wait_until",
+]
+
+GRADER_DIR = Path(__file__).resolve().parent
+SCENARIOS = GRADER_DIR / "scenarios"
+
+
+# --------------------------------------------------------------------------- checks
+class CheckFailed(AssertionError):
+    """A check did not pass; its message is Korean and meant for the learner."""
+
+    def __init__(self, expected: str, measured: str, detail: str | None = None):
+        self.expected, self.measured, self.detail = expected, measured, detail
+        lines = [f"기대: {expected}", f"측정: {measured}"]
+        if detail:
+            lines.append(detail)
+        super().__init__("\n".join(lines))
+
+
+def fail(expected: str, measured: str, detail: str | None = None):
+    """Fail the current check with what was expected and what was measured."""
+    raise CheckFailed(expected, measured, detail)
+
+
+def check(check_id: str):
+    """Mark a test as the grader of one check of the manifest (`coursekit/course.toml`)."""
+    manifest.load().check(check_id)  # unknown ids fail at import, not at grading time
+    return pytest.mark.check(check_id)
+
+
+# Measured values of the test that is running now (set by the conftest hooks).
+_current: dict[str, Any] | None = None
+
+
+def record(name: str, value: Any) -> None:
+    """Attach a measured value (a number, a short string) to the running check."""
+    if _current is not None:
+        _current[name] = value
+
+
+def _set_current(store: dict[str, Any] | None) -> None:
+    global _current
+    _current = store
+
+
+# --------------------------------------------------------------------------- tools
+def tools_required() -> bool:
+    """In CI (COURSE_REQUIRE_TOOLS=1) a missing system tool fails instead of skipping."""
+    return os.environ.get("COURSE_REQUIRE_TOOLS", "") not in ("", "0", "false", "no")
+
+
+def require_tool(name: str, reason: str, available: bool | None = None) -> None:
+    """Skip (learner's laptop) or fail (CI) when a system tool is missing.
+
+    `available` overrides the PATH lookup (e.g. "the docker engine answers").
+    """
+    ok = shutil.which(name) is not None if available is None else available
+    if ok:
+        return
+    note = f"{name} 이(가) 없어 이 항목을 건너뜁니다: {reason}"
+    if tools_required():
+        pytest.fail(f"[CI] {note} (COURSE_REQUIRE_TOOLS=1 에서는 건너뛸 수 없습니다)", pytrace=False)
+    pytest.skip(note)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it is true or the deadline passes (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --------------------------------------------------------------------------- service
+# Variables of the learner's own shell that must not leak into a graded service.
+_SCRUBBED_ENV = (
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_GEMINI_BASE_URL",
+    "GOOGLE_GENAI_USE_VERTEXAI",
+    "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "SERVICE_API_KEY",
+    "LLM_MODEL",
+    "LLM_TIMEOUT_SECONDS",
+    "LLM_MAX_ATTEMPTS",
+    "MAX_MESSAGE_CHARS",
+)
+
+# Services started by the running test, so a failure can show their output.
+_started: list["Service"] = []
+
+
+@dataclass
+class Service:
+    """The learner's service, running as a real uvicorn process."""
+
+    base_url: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    cwd: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def service_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def run_service(
+    step_dir: Path,
+    env: dict[str, str] | None = None,
+    app: str = "main:app",
+    startup_timeout: float = 30.0,
+) -> Iterator[Service]:
+    """Run `uvicorn main:app` in the step folder on a free loopback port, as the
+    notebook tells the learner to, and stop it (by PID) afterwards."""
+    step_dir = Path(step_dir)
+    if not (step_dir / (app.split(":")[0] + ".py")).is_file():
+        fail(
+            expected=f"{step_dir.name}/{app.split(':')[0]}.py 에 FastAPI 앱 `{app}`",
+            measured="파일이 없습니다",
+        )
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix=f"grader-{step_dir.name}-", suffix=".log")[1])
+    full_env = service_env(env or {})
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=step_dir, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    svc = Service(f"http://127.0.0.1:{port}", port, proc, log, step_dir, env or {})
+    _started.append(svc)
+    try:
+        up = wait_until(lambda: _port_open(port) or proc.poll() is not None, startup_timeout)
+        if proc.poll() is not None or not up:
+            svc.stop()
+            what = f"프로세스가 종료됨 (종료 코드 {proc.returncode})" if proc.poll() is not None else (
+                f"{startup_timeout:.0f}초 안에 포트가 열리지 않음")
+            fail(
+                expected=f"`uvicorn {app}` 가 {step_dir.name} 폴더에서 시작됨",
+                measured=what,
+                detail="서비스 로그 (마지막 줄):\n" + svc.tail(25),
+            )
+        yield svc
+    finally:
+        svc.stop()
+
+
+def take_started_services() -> list[Service]:
+    out = list(_started)
+    _started.clear()
+    return out
+
+
+# --------------------------------------------------------------------------- locust
+@dataclass(frozen=True)
+class LocustResult:
+    users: int
+    run_time_s: float
+    requests: int
+    failures: int
+    rps: float
+    p50: float
+    p95: float
+    p99: float
+    output: str = ""
+
+    def summary(self) -> str:
+        return (
+            f"사용자 {self.users}명, {self.run_time_s:.0f}초: 요청 {self.requests}개, 실패 {self.failures}개, "
+            f"{self.rps:.1f} req/s, p50 {self.p50:.2f}s, p95 {self.p95:.2f}s, p99 {self.p99:.2f}s"
+        )
+
+
+def _num(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def run_locust(
+    scenario: str | Path,
+    host: str,
+    users: int,
+    spawn_rate: float,
+    run_time_s: float,
+    env: dict[str, str] | None = None,
+) -> LocustResult:
+    """Run Locust headless as a subprocess (never as a library inside pytest: gevent's
+    monkey-patching breaks it) and read the aggregated row of its --csv output."""
+    scenario = Path(scenario)
+    if not scenario.is_absolute():
+        scenario = SCENARIOS / scenario
+    with tempfile.TemporaryDirectory(prefix="grader-locust-") as tmp:
+        prefix = Path(tmp) / "run"
+        cmd = [
+            sys.executable, "-m", "locust", "-f", str(scenario), "--headless",
+            "-u", str(users), "-r", str(spawn_rate), "-t", f"{int(run_time_s)}s",
+            "--host", host, "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING",
+            "--stop-timeout", "0",
+        ]
+        full_env = {**os.environ, **(env or {})}
+        try:
+            proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True,
+                                  timeout=run_time_s + 90, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            fail(expected=f"Locust 가 {run_time_s:.0f}초 동안 부하를 주고 끝남", measured="Locust 가 끝나지 않음",
+                 detail=str(exc))
+        output = (proc.stdout or "") + (proc.stderr or "")
+        stats = Path(f"{prefix}_stats.csv")
+        if not stats.exists():
+            fail(expected="Locust 통계 CSV", measured=f"생성되지 않음 (종료 코드 {proc.returncode})",
+                 detail=output[-2000:])
+        with open(stats, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    agg = next((r for r in rows if r.get("Name") == "Aggregated"), None)
+    if agg is None:
+        fail(expected="Locust 통계의 Aggregated 행", measured="없음", detail=output[-2000:])
+    return LocustResult(
+        users=users,
+        run_time_s=run_time_s,
+        requests=int(_num(agg["Request Count"])),
+        failures=int(_num(agg["Failure Count"])),
+        rps=_num(agg["Requests/s"]),
+        p50=_num(agg["50%"]) / 1000.0,
+        p95=_num(agg["95%"]) / 1000.0,
+        p99=_num(agg["99%"]) / 1000.0,
+        output=output[-4000:],
+    )

@@ -1,0 +1,321 @@
+"""Step 02 채점: FastAPI 서버 구축.
+
+학습자의 서비스를 실제 uvicorn 프로세스로 띄우고 (작업 폴더 = 단계 폴더), 채점기가 띄운
+Gemini 시뮬레이터를 뒤에 두고 HTTP 로 검사합니다. 계약은 docs 의 '서비스 계약' 페이지에 있습니다.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import httpx
+import pytest
+
+from grader.harness import check, fail, record, run_locust, run_service
+
+STEP = "step02"
+
+MODEL = "gemini-3.5-flash"
+MAX_ATTEMPTS = 2          # LLM_MAX_ATTEMPTS given to the service
+LLM_TIMEOUT_SECONDS = 2   # LLM_TIMEOUT_SECONDS given to the service
+P95_LIMIT_SECONDS = 3.0   # 체크리스트: 응답 시간 < 3초
+LOAD_USERS = 50
+LOAD_SECONDS = 12
+SMALL_USERS = 5
+SMALL_SECONDS = 8
+MIN_SCALING = 3.0         # 사용자 10배 -> 성공 처리량 최소 3배
+QUESTION = "하늘클라우드 요금제는 어떻게 되나요?"
+
+SERVICE_KEY = "svc-" + secrets.token_hex(16)
+GOOGLE_KEY = "grader-gemini-" + secrets.token_hex(8)
+
+# 오류 응답에 보이면 안 되는 것들: 스택 트레이스, SDK 예외 문구, 비밀 값.
+LEAK_MARKERS = ["Traceback", 'File "', "RESOURCE_EXHAUSTED", "UNAVAILABLE", "google.genai", "httpx.",
+                "ReadTimeout", "langchain", "ServerError", "RateLimit", "x-goog-api-key"]
+
+
+@pytest.fixture(scope="module")
+def service(step_dir, simulator):
+    env = {
+        "SERVICE_API_KEY": SERVICE_KEY,
+        "GOOGLE_API_KEY": GOOGLE_KEY,
+        "GOOGLE_GEMINI_BASE_URL": simulator.base_url,
+        "LLM_MODEL": MODEL,
+        "LLM_TIMEOUT_SECONDS": str(LLM_TIMEOUT_SECONDS),
+        "LLM_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+    }
+    with run_service(step_dir, env=env) as svc:
+        yield svc
+
+
+def post_chat(svc, payload, key: str | None = SERVICE_KEY, timeout: float = 20.0, **kw) -> httpx.Response:
+    headers = {"X-API-Key": key} if key is not None else {}
+    headers.update(kw.pop("headers", {}))
+    try:
+        if isinstance(payload, (bytes, str)):
+            headers.setdefault("Content-Type", "application/json")
+            return httpx.post(f"{svc.base_url}/chat", content=payload, headers=headers, timeout=timeout, **kw)
+        return httpx.post(f"{svc.base_url}/chat", json=payload, headers=headers, timeout=timeout, **kw)
+    except httpx.TimeoutException:
+        fail(expected=f"{timeout:.0f}초 안에 응답", measured="응답 없음 (시간 초과)")
+    except httpx.TransportError as exc:
+        fail(expected="서비스가 요청에 응답", measured=f"연결 오류: {type(exc).__name__}",
+             detail="서비스 프로세스가 죽었을 수 있습니다. 로그를 확인하세요." if not svc.alive else None)
+
+
+def short(r: httpx.Response, n: int = 160) -> str:
+    text = r.text.replace("\n", " ")
+    return f"HTTP {r.status_code} {text[:n]}{'…' if len(text) > n else ''}"
+
+
+def upstream_calls(sim) -> int:
+    by_action = sim.stats().get("by_action", {})
+    return int(by_action.get("generateContent", 0)) + int(by_action.get("streamGenerateContent", 0))
+
+
+def error_code(r: httpx.Response) -> str | None:
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    err = body.get("error") if isinstance(body, dict) else None
+    return err.get("code") if isinstance(err, dict) else None
+
+
+def require_ok(svc):
+    """A check that rejects bad input must also accept good input (else it proves nothing)."""
+    r = post_chat(svc, {"message": QUESTION})
+    if r.status_code != 200:
+        fail(expected='올바른 요청 {"message": "..."} 와 올바른 X-API-Key 에 200', measured=short(r),
+             detail="먼저 POST /chat 계약(JSON 본문, X-API-Key)을 구현하세요.")
+    return r
+
+
+# --------------------------------------------------------------------------- contract
+@check("step02.contract")
+def test_chat_contract(service, sim):
+    sim.reset()
+    r = post_chat(service, {"message": QUESTION})
+    record("status", r.status_code)
+    if r.status_code != 200:
+        fail(expected='POST /chat, JSON 본문 {"message": "..."}, 헤더 X-API-Key -> 200', measured=short(r))
+    try:
+        body = r.json()
+    except ValueError:
+        fail(expected="JSON 응답", measured=short(r))
+    problems = []
+    if not isinstance(body.get("response"), str) or not body.get("response", "").strip():
+        problems.append('"response": 비어 있지 않은 문자열')
+    if body.get("model") != MODEL:
+        problems.append(f'"model": "{MODEL}" (LLM_MODEL 설정값), 받은 값 {body.get("model")!r}')
+    usage = body.get("usage")
+    keys = ("input_tokens", "output_tokens", "total_tokens")
+    if not isinstance(usage, dict) or not all(isinstance(usage.get(k), int) for k in keys):
+        problems.append('"usage": {"input_tokens": int, "output_tokens": int, "total_tokens": int}')
+    else:
+        tokens = sim.stats().get("tokens", {})
+        record("usage", usage)
+        if usage["input_tokens"] != tokens.get("input") or usage["output_tokens"] != tokens.get("output"):
+            problems.append(
+                f"usage 는 LLM 응답의 usage_metadata 값이어야 함 (시뮬레이터 집계: 입력 {tokens.get('input')}, "
+                f"출력 {tokens.get('output')} / 응답: 입력 {usage['input_tokens']}, 출력 {usage['output_tokens']})"
+            )
+    if problems:
+        fail(expected="응답 필드: " + "; ".join(problems), measured=short(r, 300))
+
+
+@check("step02.health")
+def test_health(service, sim):
+    sim.reset()
+    results = []
+    for _ in range(3):
+        try:
+            results.append(httpx.get(f"{service.base_url}/health", timeout=5))
+        except httpx.HTTPError as exc:
+            fail(expected="GET /health 가 5초 안에 응답", measured=type(exc).__name__)
+    r = results[-1]
+    calls = upstream_calls(sim)
+    record("upstream_calls", calls)
+    if r.status_code != 200:
+        fail(expected="GET /health (인증 없이) -> 200", measured=short(r))
+    try:
+        body = r.json()
+    except ValueError:
+        fail(expected="JSON 응답", measured=short(r))
+    if body.get("status") != "ok" or body.get("model") != MODEL:
+        fail(expected=f'{{"status": "ok", "model": "{MODEL}"}} (설정된 모델 이름 포함)', measured=short(r))
+    if calls:
+        fail(expected="/health 는 LLM 을 호출하지 않음 (업스트림 호출 0번)", measured=f"/health 3번에 업스트림 호출 {calls}번")
+
+
+# --------------------------------------------------------------------------- input
+@check("step02.validation")
+def test_validation(service, sim):
+    require_ok(service)
+    cases = {
+        "빈 메시지": {"message": ""},
+        "공백뿐인 메시지": {"message": "   \n\t "},
+        "너무 긴 메시지 (4001자)": {"message": "가" * 4001},
+        "숫자 타입": {"message": 123},
+        "리스트 타입": {"message": ["안녕"]},
+        "message 필드 없음": {},
+        "알 수 없는 필드": {"message": "안녕", "admin": True},
+        "JSON 이 아닌 본문": b"not json {",
+        "1 MiB 본문": json.dumps({"message": "가" * (1024 * 1024 // 3)}).encode(),
+    }
+    sim.reset()
+    seen, bad = {}, []
+    for name, payload in cases.items():
+        r = post_chat(service, payload)
+        seen[name] = r.status_code
+        if not 400 <= r.status_code < 500:
+            bad.append(f"{name} -> {r.status_code}")
+    calls = upstream_calls(sim)
+    record("statuses", seen)
+    record("upstream_calls", calls)
+    if bad:
+        fail(expected="잘못된 입력은 모두 4xx (422, 큰 본문은 413), 5xx 나 200 은 없음",
+             measured=", ".join(bad), detail="전체 결과: " + ", ".join(f"{k}={v}" for k, v in seen.items()))
+    if calls:
+        fail(expected="잘못된 입력으로는 LLM 을 호출하지 않음", measured=f"업스트림 호출 {calls}번")
+
+
+# --------------------------------------------------------------------------- auth
+@check("step02.auth")
+def test_auth(service, sim):
+    require_ok(service)
+    wrong = "wrong-" + secrets.token_hex(12)
+    cases = {
+        "X-API-Key 없음": None,
+        "틀린 키": wrong,
+        "빈 키": "",
+        "올바른 키의 앞부분": SERVICE_KEY[:-4],
+        "올바른 키 + 덧붙임": SERVICE_KEY + "x",
+    }
+    bad, leaks, seen = [], [], {}
+    for name, key in cases.items():
+        r = post_chat(service, {"message": QUESTION}, key=key)
+        seen[name] = r.status_code
+        if r.status_code != 401:
+            bad.append(f"{name} -> {r.status_code}")
+        text = r.text + " ".join(f"{k}: {v}" for k, v in r.headers.items())
+        for secret in {SERVICE_KEY, SERVICE_KEY[:-4], wrong, GOOGLE_KEY}:
+            if secret and secret in text:
+                leaks.append(f"{name}: 응답에 키 값이 보임")
+        if r.status_code == 401 and error_code(r) is None:
+            bad.append(f'{name}: 401 본문이 {{"error": {{"code": ..., "message": ...}}}} 형식이 아님')
+    record("statuses", seen)
+    if bad:
+        fail(expected="X-API-Key 가 없거나 틀리면 401 과 JSON 오류", measured=", ".join(bad))
+    if leaks:
+        fail(expected="응답(본문, 헤더)에 키 값이 나타나지 않음", measured=", ".join(sorted(set(leaks))))
+
+
+# --------------------------------------------------------------------------- upstream
+UPSTREAM_CASES = {
+    "429": ({"error_429_rate": 1.0}, 503, "upstream_rate_limited", "업스트림 429 (RESOURCE_EXHAUSTED)"),
+    "500": ({"error_500_rate": 1.0}, 502, "upstream_error", "업스트림 500"),
+    "503": ({"error_503_rate": 1.0}, 502, "upstream_error", "업스트림 503 (UNAVAILABLE)"),
+    "timeout": ({"hang_rate": 1.0, "hang_seconds": 10.0}, 504, "upstream_timeout",
+                f"업스트림 응답 없음 (LLM_TIMEOUT_SECONDS={LLM_TIMEOUT_SECONDS})"),
+}
+
+
+@check("step02.upstream_errors")
+@pytest.mark.parametrize("kind", list(UPSTREAM_CASES))
+def test_upstream_errors(service, sim, kind):
+    faults, status, code, what = UPSTREAM_CASES[kind]
+    sim.configure(**faults)
+    r = post_chat(service, {"message": QUESTION}, timeout=30)
+    sim.configure(**{k: (0.0 if k.endswith("rate") else v) for k, v in faults.items()})
+    record(f"{kind}_status", r.status_code)
+    expected = f'{what} -> {status} 와 {{"error": {{"code": "{code}", "message": "..."}}}}'
+    if r.status_code != status or error_code(r) != code:
+        fail(expected=expected, measured=short(r))
+    text = r.text
+    leaked = [m for m in LEAK_MARKERS if m in text] + [
+        name for name, secret in (("GOOGLE_API_KEY", GOOGLE_KEY), ("SERVICE_API_KEY", SERVICE_KEY)) if secret in text
+    ]
+    if leaked:
+        fail(expected="오류 본문에 스택 트레이스, SDK 예외 문구, 키 값이 없음",
+             measured="보인 것: " + ", ".join(leaked), detail=short(r, 300))
+    if kind == "429":
+        retry_after = r.headers.get("Retry-After", "")
+        if not retry_after.isdigit():
+            fail(expected="503 응답에 Retry-After 헤더 (초, 정수)", measured=f"Retry-After={retry_after or '없음'}")
+
+
+@check("step02.retry_bound")
+def test_retry_bound(service, sim):
+    sim.configure(error_503_rate=1.0)
+    sim.reset()
+    limit = 12.0
+    try:
+        r = httpx.post(f"{service.base_url}/chat", json={"message": QUESTION},
+                       headers={"X-API-Key": SERVICE_KEY}, timeout=limit)
+        status = str(r.status_code)
+    except httpx.TimeoutException:
+        status = f"{limit:.0f}초 안에 응답 없음"
+    calls = upstream_calls(sim)
+    sim.configure(error_503_rate=0.0)
+    record("upstream_attempts", calls)
+    record("limit", MAX_ATTEMPTS)
+    if calls == 0:
+        fail(expected="POST /chat 이 LLM 을 호출 (업스트림 시도 1번 이상)",
+             measured=f"업스트림 호출 0번 (응답 {status})", detail="먼저 POST /chat 계약을 구현하세요.")
+    if calls > MAX_ATTEMPTS:
+        fail(expected=f"업스트림이 계속 503 일 때 요청 하나당 시도 {MAX_ATTEMPTS}번 이하 (LLM_MAX_ATTEMPTS={MAX_ATTEMPTS})",
+             measured=f"{calls}번 시도 (응답: {status})")
+
+
+# --------------------------------------------------------------------------- load
+def _load(simulator, service, users: int, seconds: int):
+    simulator.configure(latency="realistic")
+    try:
+        return run_locust("chat.py", service.base_url, users=users, spawn_rate=users, run_time_s=seconds,
+                          env={"GRADER_SERVICE_KEY": SERVICE_KEY})
+    finally:
+        simulator.configure(latency="zero")
+
+
+@pytest.fixture(scope="module")
+def load_50(simulator, service):
+    return _load(simulator, service, LOAD_USERS, LOAD_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def load_5(simulator, service):
+    return _load(simulator, service, SMALL_USERS, SMALL_SECONDS)
+
+
+@check("step02.latency_p95")
+def test_latency_p95_under_load(load_50):
+    res = load_50
+    print(res.summary())
+    for k in ("requests", "failures", "rps", "p50", "p95", "p99"):
+        record(k if k in ("requests", "failures", "rps") else f"{k}_seconds", getattr(res, k))
+    if res.requests == 0:
+        fail(expected=f"동시 사용자 {LOAD_USERS}명의 요청 처리", measured="완료된 요청 0개")
+    if res.failures:
+        fail(expected=f"동시 사용자 {LOAD_USERS}명에서 실패 0개", measured=res.summary())
+    if not res.p95 < P95_LIMIT_SECONDS:
+        fail(expected=f"동시 사용자 {LOAD_USERS}명에서 p95 < {P95_LIMIT_SECONDS:.0f}초",
+             measured=f"p95 {res.p95:.2f}초 ({res.summary()})")
+
+
+@check("step02.throughput")
+def test_throughput_scales(load_5, load_50):
+    ok_small = (load_5.requests - load_5.failures) / load_5.run_time_s
+    ok_large = (load_50.requests - load_50.failures) / load_50.run_time_s
+    ratio = ok_large / ok_small if ok_small else 0.0
+    print(f"성공 처리량: {SMALL_USERS}명 {ok_small:.1f} req/s, {LOAD_USERS}명 {ok_large:.1f} req/s, 배율 {ratio:.1f}")
+    record("ok_rps_small", round(ok_small, 2))
+    record("ok_rps_large", round(ok_large, 2))
+    record("ratio", round(ratio, 2))
+    if ok_small == 0 or ok_large == 0:
+        fail(expected="부하 중 성공한 요청 (HTTP 200)",
+             measured=f"{SMALL_USERS}명: {load_5.summary()} / {LOAD_USERS}명: {load_50.summary()}")
+    if ratio < MIN_SCALING:
+        fail(expected=f"사용자 {SMALL_USERS}명 -> {LOAD_USERS}명에서 성공 처리량 {MIN_SCALING:.0f}배 이상",
+             measured=f"{ok_small:.1f} -> {ok_large:.1f} req/s ({ratio:.1f}배)")
