@@ -1,0 +1,448 @@
+"""The Gemini-API simulator as a minimal ASGI app (served by uvicorn + uvloop + httptools).
+
+Wire format observed from the real client (langchain-google-genai 4.4.3 / google-genai
+3.6.1) pointed at a capture server:
+  POST /v1/models/{model}:generateContent                  (v1 when base_url is set;
+  POST /v1/models/{model}:streamGenerateContent?alt=sse     v1beta / v1alpha accepted too)
+  POST /v1/models/{model}:countTokens
+  headers: x-goog-api-key, content-type: application/json
+  body: {"contents": [{"parts": [{"text": ...}], "role": "user"}], "systemInstruction": {...},
+         "safetySettings": [], "generationConfig": {"candidateCount": 1, "maxOutputTokens": n,
+         "thinkingConfig": {"thinking_budget": n, "include_thoughts": bool}}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import random
+import re
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from . import errors
+from .config import DEFAULTS, ConfigError, validate
+from .generate import answer as make_answer
+from .models import known_models, profile
+from .tokens import count_request_tokens, count_tokens, split_tokens
+
+__all__ = ["Simulator", "create_app"]
+
+_ROUTE = re.compile(r"^/(v1beta|v1|v1alpha)/models(?:/([^/:]+)(?::([A-Za-z]+))?)?/?$")
+_ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
+_MAX_BODY = 20 * 1024 * 1024
+_CHUNK_TOKENS = 12          # tokens per SSE chunk
+_JSON_HEADERS = [(b"content-type", b"application/json; charset=UTF-8")]
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+class _Reply(Exception):
+    """Short-circuit with a (status, body) response."""
+
+    def __init__(self, status: int, body: bytes):
+        self.status, self.body = status, body
+
+
+class Simulator:
+    """State of one simulator: config, seeded RNG, counters, per-key quota windows."""
+
+    def __init__(self, **config: Any):
+        self.config: dict[str, Any] = dict(DEFAULTS)
+        self.config.update(validate(config))
+        self.started_at = time.time()
+        self.reset()
+
+    # ---- state ---------------------------------------------------------------
+    def reset(self) -> None:
+        self.rng = random.Random(self.config["seed"])
+        self.seq = 0
+        self.in_flight = 0
+        self.windows: dict[str, deque] = {}
+        self.counters = {
+            "requests_total": 0,
+            "by_model": {}, "by_key": {}, "by_status": {}, "by_action": {},
+            "tokens": {"input": 0, "output": 0, "thoughts": 0},
+            "tokens_by_model": {},
+            "faults": {"error_429": 0, "error_500": 0, "error_503": 0, "hang": 0, "quota_429": 0},
+        }
+
+    def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
+        clean = validate(changes)
+        merged = dict(self.config)
+        merged.update(clean)
+        validate({k: merged[k] for k in ("error_429_rate", "error_500_rate", "error_503_rate")})
+        self.config = merged
+        if "seed" in clean:
+            self.rng = random.Random(self.config["seed"])
+        if "quota_rpm" in clean:
+            self.windows.clear()
+        return dict(self.config)
+
+    def stats(self) -> dict[str, Any]:
+        s = orjson.loads(orjson.dumps(self.counters))
+        s["in_flight"] = self.in_flight
+        s["uptime_seconds"] = round(time.time() - self.started_at, 3)
+        return s
+
+    def _inc(self, table: str, key: str) -> None:
+        d = self.counters[table]
+        d[key] = d.get(key, 0) + 1
+
+    # ---- ASGI ----------------------------------------------------------------
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _send(self, send, status: int, body: bytes, headers=_JSON_HEADERS, count: bool = True):
+        if count:
+            self._inc("by_status", str(status))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _http(self, scope, receive, send):
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith("/_sim/"):
+            await self._admin(path, method, receive, send)
+            return
+        m = _ROUTE.match(path)
+        if m is None:
+            self.counters["requests_total"] += 1
+            self._inc("by_action", "unknown")
+            await self._send(send, *errors.not_found(f"Requested path {path} was not found."))
+            return
+        version, model, action = m.groups()
+        self.counters["requests_total"] += 1
+        if model is None or action is None:
+            await self._models_get(model, method, send)
+            return
+        self._inc("by_action", action if action in _ACTIONS else "unknown")
+        self._inc("by_model", model)
+        self.in_flight += 1
+        try:
+            await self._model_action(scope, receive, send, version, model, action, method)
+        except _Reply as r:
+            await self._send(send, r.status, r.body)
+        finally:
+            self.in_flight -= 1
+
+    # ---- admin API -------------------------------------------------------------
+    async def _admin(self, path, method, receive, send):
+        def reply(obj, status=200):
+            return self._send(send, status, orjson.dumps(obj), count=False)
+
+        if path == "/_sim/health":
+            return await reply({"status": "ok", "service": "gemini-simulator"})
+        if path == "/_sim/stats" and method == "GET":
+            return await reply(self.stats())
+        if path == "/_sim/reset" and method == "POST":
+            self.reset()
+            return await reply({"status": "reset"})
+        if path == "/_sim/config":
+            if method == "GET":
+                return await reply(self.config)
+            if method in ("PATCH", "POST"):
+                raw = await _read_body(receive)
+                try:
+                    changes = orjson.loads(raw or b"{}")
+                    return await reply(self.configure(changes))
+                except orjson.JSONDecodeError as exc:
+                    return await reply({"error": f"JSON 형식이 아닙니다: {exc}"}, 400)
+                except ConfigError as exc:
+                    return await reply({"error": str(exc)}, 400)
+            return await reply({"error": f"{method} 는 지원하지 않습니다 (GET 또는 PATCH)"}, 405)
+        return await reply({"error": f"알 수 없는 관리 경로: {path}"}, 404)
+
+    # ---- models list / get -------------------------------------------------------
+    def _model_info(self, name: str) -> dict:
+        p = profile(name)
+        return {
+            "name": f"models/{name}", "version": "001", "displayName": p.display_name,
+            "description": p.description, "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "countTokens", "streamGenerateContent"],
+            "temperature": 1.0, "topP": 0.95, "topK": 64, "thinking": p.thinking,
+        }
+
+    async def _models_get(self, model, method, send):
+        if method != "GET":
+            await self._send(send, *errors.method_not_allowed(method))
+            return
+        if model is None:
+            self._inc("by_action", "listModels")
+            body = {"models": [self._model_info(n) for n in known_models()]}
+        else:
+            self._inc("by_action", "getModel")
+            body = self._model_info(model)
+        await self._send(send, 200, orjson.dumps(body))
+
+    # ---- generate / stream / count --------------------------------------------------
+    async def _model_action(self, scope, receive, send, version, model, action, method):
+        if action not in _ACTIONS:
+            raise _Reply(*errors.not_found(
+                f"Method models.{action} is not found for API version {version}. "
+                f"Supported: {', '.join(_ACTIONS)}."))
+        if method != "POST":
+            raise _Reply(*errors.method_not_allowed(method))
+        qs = parse_qs(scope.get("query_string", b"").decode("latin-1")) if scope.get("query_string") else {}
+        key = _header(scope, b"x-goog-api-key") or (qs.get("key") or [""])[0]
+        if not key:
+            raise _Reply(*errors.api_key_missing())
+        self._inc("by_key", key)
+        valid = self.config["valid_keys"]
+        if valid is not None and key not in valid:
+            raise _Reply(*errors.api_key_invalid())
+
+        raw = await _read_body(receive)
+        if raw is None:
+            raise _Reply(*errors.invalid_argument("Request payload size exceeds the limit: 20971520 bytes."))
+        try:
+            req = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise _Reply(*errors.invalid_json(str(exc))) from None
+        if not isinstance(req, dict):
+            raise _Reply(*errors.invalid_json("Request body must be a JSON object."))
+
+        if action == "countTokens":
+            await self._count_tokens(req, send)
+            return
+        contents, system = _validate_generate(req)
+        gen = req.get("generationConfig") or {}
+        think = gen.get("thinkingConfig") or {}
+        budget = think.get("thinkingBudget", think.get("thinking_budget"))
+        max_out = gen.get("maxOutputTokens", gen.get("max_output_tokens"))
+        if max_out is not None and (not isinstance(max_out, int) or isinstance(max_out, bool) or max_out <= 0):
+            raise _Reply(*errors.invalid_argument(
+                "Invalid value at 'generation_config.max_output_tokens', must be a positive integer."))
+
+        # per-key quota (requests per minute, sliding window); refused requests don't count
+        rpm = self.config["quota_rpm"]
+        if rpm:
+            now = time.monotonic()
+            win = self.windows.setdefault(key, deque())
+            while win and now - win[0] >= 60.0:
+                win.popleft()
+            if len(win) >= rpm:
+                self.counters["faults"]["quota_429"] += 1
+                raise _Reply(*errors.resource_exhausted(model, math.ceil(60.0 - (now - win[0])),
+                                                        quota_value=rpm, quota=True))
+            win.append(now)
+
+        # fault injection (seeded)
+        fm = self.config["fault_models"]
+        if fm is None or model in fm or model.removeprefix("models/") in fm:
+            cfg = self.config
+            if cfg["hang_rate"] > 0 and self.rng.random() < cfg["hang_rate"]:
+                self.counters["faults"]["hang"] += 1
+                if not await _sleep_unless_disconnect(cfg["hang_seconds"], receive):
+                    self._inc("by_status", "499")  # client closed the connection while hung
+                    return
+            r429, r500, r503 = cfg["error_429_rate"], cfg["error_500_rate"], cfg["error_503_rate"]
+            if r429 + r500 + r503 > 0:
+                u = self.rng.random()
+                if u < r429:
+                    self.counters["faults"]["error_429"] += 1
+                    raise _Reply(*errors.resource_exhausted(model, 1 + self.rng.randint(0, 30)))
+                if u < r429 + r500:
+                    self.counters["faults"]["error_500"] += 1
+                    raise _Reply(*errors.internal())
+                if u < r429 + r500 + r503:
+                    self.counters["faults"]["error_503"] += 1
+                    raise _Reply(*errors.unavailable())
+
+        prompt = _prompt_text(contents)
+        ans = make_answer(prompt, model, self.config["seed"], thinking_budget=budget)
+        text, out_tokens, finish = ans.text, ans.output_tokens, "STOP"
+        if max_out is not None and out_tokens > max_out:
+            text, out_tokens, finish = _truncate(text, max_out), None, "MAX_TOKENS"
+            out_tokens = count_tokens(text)
+        prompt_tokens = count_request_tokens(contents, system)
+        usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
+                 "totalTokenCount": prompt_tokens + out_tokens + ans.thoughts_tokens,
+                 "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}]}
+        if ans.thoughts_tokens:
+            usage["thoughtsTokenCount"] = ans.thoughts_tokens
+        self.seq += 1
+        rid = base64.urlsafe_b64encode(self.seq.to_bytes(6, "big") + self.rng.randbytes(9)).decode()
+
+        ttft, per_token = self._latency(model)
+        if action == "generateContent":
+            delay = ttft + (out_tokens + ans.thoughts_tokens) * per_token
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+                                    "finishReason": finish, "index": 0}],
+                    "usageMetadata": usage, "modelVersion": model, "responseId": rid}
+            self._account(model, usage)
+            await self._send(send, 200, orjson.dumps(body))
+            return
+        await self._stream(send, model, text, finish, usage, rid, ttft + ans.thoughts_tokens * per_token, per_token)
+
+    async def _stream(self, send, model, text, finish, usage, rid, first_delay, per_token):
+        pieces = split_tokens(text)
+        chunks: list[tuple[str, int]] = []
+        buf, n = [], 0
+        for piece in pieces:
+            buf.append(piece)
+            n += count_tokens(piece)
+            if n >= _CHUNK_TOKENS:
+                chunks.append(("".join(buf), n))
+                buf, n = [], 0
+        if buf or not chunks:
+            chunks.append(("".join(buf), n))
+        self._inc("by_status", "200")
+        self._account(model, usage)
+        if first_delay > 0:
+            await asyncio.sleep(first_delay)
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        last = len(chunks) - 1
+        for i, (piece, ntok) in enumerate(chunks):
+            if per_token > 0 and ntok:
+                await asyncio.sleep(ntok * per_token)
+            cand: dict = {"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}
+            obj: dict = {"candidates": [cand], "modelVersion": model, "responseId": rid}
+            if i == last:
+                cand["finishReason"] = finish
+                obj["usageMetadata"] = usage
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(obj) + b"\r\n\r\n",
+                        "more_body": i != last})
+
+    async def _count_tokens(self, req, send):
+        inner = req.get("generateContentRequest")
+        src = inner if isinstance(inner, dict) else req
+        contents, system = _validate_generate(src)
+        n = count_request_tokens(contents, system)
+        await self._send(send, 200, orjson.dumps(
+            {"totalTokens": n, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}]}))
+
+    def _account(self, model, usage):
+        t = self.counters["tokens"]
+        t["input"] += usage["promptTokenCount"]
+        t["output"] += usage["candidatesTokenCount"]
+        t["thoughts"] += usage.get("thoughtsTokenCount", 0)
+        tm = self.counters["tokens_by_model"].setdefault(model, {"input": 0, "output": 0, "thoughts": 0})
+        tm["input"] += usage["promptTokenCount"]
+        tm["output"] += usage["candidatesTokenCount"]
+        tm["thoughts"] += usage.get("thoughtsTokenCount", 0)
+
+    def _latency(self, model) -> tuple[float, float]:
+        """(time to first token, seconds per token) for one request; (0, 0) in zero mode."""
+        cfg = self.config
+        if cfg["latency"] != "realistic" or cfg["latency_scale"] <= 0:
+            return 0.0, 0.0
+        p = profile(model)
+        rng = self.rng
+        j1 = rng.lognormvariate(0.0, p.jitter_sigma)
+        j2 = rng.lognormvariate(0.0, p.jitter_sigma)
+        tail = rng.uniform(p.tail_min, p.tail_max) if rng.random() < p.tail_prob else 1.0
+        scale = cfg["latency_scale"] * tail
+        return p.ttft_seconds * j1 * scale, p.per_token_seconds * j2 * scale
+
+
+# ---- helpers ---------------------------------------------------------------------
+def _header(scope, name: bytes) -> str:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode("latin-1").strip()
+    return ""
+
+
+async def _read_body(receive) -> bytes | None:
+    chunks = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            break
+        body = msg.get("body", b"")
+        size += len(body)
+        if size > _MAX_BODY:
+            return None
+        chunks.append(body)
+        if not msg.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _sleep_unless_disconnect(seconds: float, receive) -> bool:
+    """Sleep; return False early if the client disconnects meanwhile."""
+    waiter = asyncio.ensure_future(receive())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=seconds)
+        if waiter in done and waiter.result().get("type") == "http.disconnect":
+            return False
+        return True
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+
+
+def _validate_generate(req: dict) -> tuple[list, dict | None]:
+    contents = req.get("contents")
+    if contents is None or contents == []:
+        raise _Reply(*errors.invalid_argument("* GenerateContentRequest.contents: contents is not specified\n"))
+    if not isinstance(contents, list):
+        raise _Reply(*errors.invalid_argument(
+            f"Invalid value at 'contents' (type.googleapis.com/google.ai.generativelanguage.v1beta.Content), "
+            f"{orjson.dumps(contents).decode()[:80]}"))
+    for i, c in enumerate(contents):
+        if not isinstance(c, dict) or not isinstance(c.get("parts", []), list):
+            raise _Reply(*errors.invalid_argument(f"Invalid value at 'contents[{i}]': expected a Content object."))
+        if not c.get("parts"):
+            raise _Reply(*errors.invalid_argument(
+                f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n"))
+        for j, part in enumerate(c["parts"]):
+            if not isinstance(part, dict):
+                raise _Reply(*errors.invalid_argument(f"Invalid value at 'contents[{i}].parts[{j}]'."))
+            if "text" in part and not isinstance(part["text"], str):
+                raise _Reply(*errors.invalid_argument(
+                    f"Invalid value at 'contents[{i}].parts[{j}].text' (TYPE_STRING)."))
+        role = c.get("role")
+        if role is not None and role not in ("user", "model", "function", "tool"):
+            raise _Reply(*errors.invalid_argument(
+                f"Please use a valid role: user, model. (contents[{i}].role = {role!r})"))
+    system = req.get("systemInstruction", req.get("system_instruction"))
+    if system is not None and not isinstance(system, dict):
+        raise _Reply(*errors.invalid_argument("Invalid value at 'system_instruction': expected a Content object."))
+    gen = req.get("generationConfig")
+    if gen is not None and not isinstance(gen, dict):
+        raise _Reply(*errors.invalid_argument("Invalid value at 'generation_config': expected an object."))
+    return contents, system
+
+
+def _prompt_text(contents: list) -> str:
+    """The text the model answers: the last user turn (all text if no user turn)."""
+    for c in reversed(contents):
+        if c.get("role", "user") == "user":
+            texts = [p["text"] for p in c["parts"] if isinstance(p.get("text"), str)]
+            if texts:
+                return "\n".join(texts)
+    return "\n".join(p["text"] for c in contents for p in c["parts"] if isinstance(p.get("text"), str))
+
+
+def _truncate(text: str, max_tokens: int) -> str:
+    out, n = [], 0
+    for piece in split_tokens(text):
+        k = count_tokens(piece)
+        if n + k > max_tokens:
+            break
+        out.append(piece)
+        n += k
+    return "".join(out)
+
+
+def create_app(**config: Any) -> Simulator:
+    return Simulator(**config)

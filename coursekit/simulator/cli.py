@@ -1,0 +1,98 @@
+"""Command line of the simulator: `python -m coursekit.simulator` and `course sim`.
+
+`add_arguments(parser)` + `serve_from_args(args)` let the `course` CLI reuse these flags.
+Precedence: built-in defaults < SIM_* environment variables < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from typing import Any
+
+from .config import DEFAULTS, ConfigError, from_env, validate
+
+__all__ = ["add_arguments", "config_from_args", "serve_from_args", "serve", "main"]
+
+_FLAG_HELP = {
+    "latency": "지연 시간 모드: zero(대기 없음, 테스트용) 또는 realistic(부하 테스트용) [env SIM_LATENCY]",
+    "latency_scale": "realistic 지연 시간에 곱할 배율 (기본 1.0) [env SIM_LATENCY_SCALE]",
+    "seed": "난수 시드: 같은 시드·프롬프트·모델이면 같은 답, 같은 장애 순서 [env SIM_SEED]",
+    "error_429_rate": "429 RESOURCE_EXHAUSTED 를 돌려줄 확률 0..1 [env SIM_ERROR_429_RATE]",
+    "error_500_rate": "500 INTERNAL 을 돌려줄 확률 0..1 [env SIM_ERROR_500_RATE]",
+    "error_503_rate": "503 UNAVAILABLE 을 돌려줄 확률 0..1 [env SIM_ERROR_503_RATE]",
+    "hang_rate": "요청이 hang_seconds 동안 멈출 확률 0..1 [env SIM_HANG_RATE]",
+    "hang_seconds": "멈춘 요청이 기다리는 시간(초, 기본 30) [env SIM_HANG_SECONDS]",
+    "quota_rpm": "API 키마다 분당 허용 요청 수 (넘으면 429), 0 이면 제한 없음 [env SIM_QUOTA_RPM]",
+    "valid_keys": "허용할 API 키 목록(쉼표 구분). 없으면 비어 있지 않은 모든 키 허용 [env SIM_VALID_KEYS]",
+    "fault_models": "장애를 주입할 모델 목록(쉼표 구분). 없으면 모든 모델 [env SIM_FAULT_MODELS]",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the simulator's flags (Korean help) to a parser; defaults come from SIM_* env."""
+    parser.add_argument("--host", default=os.environ.get("SIM_HOST", "127.0.0.1"),
+                        help="바인드할 주소 (기본 127.0.0.1) [env SIM_HOST]")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SIM_PORT", "8765")),
+                        help="포트 (기본 8765, 0 이면 빈 포트) [env SIM_PORT]")
+    parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # inherited socket
+    parser.add_argument("--latency", choices=["zero", "realistic"], default=None, help=_FLAG_HELP["latency"])
+    parser.add_argument("--latency-scale", type=float, default=None, help=_FLAG_HELP["latency_scale"])
+    parser.add_argument("--seed", type=int, default=None, help=_FLAG_HELP["seed"])
+    for name in ("error_429_rate", "error_500_rate", "error_503_rate", "hang_rate"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=_FLAG_HELP[name])
+    parser.add_argument("--hang-seconds", type=float, default=None, help=_FLAG_HELP["hang_seconds"])
+    parser.add_argument("--quota-rpm", type=int, default=None, help=_FLAG_HELP["quota_rpm"])
+    parser.add_argument("--valid-keys", default=None, help=_FLAG_HELP["valid_keys"])
+    parser.add_argument("--fault-models", default=None, help=_FLAG_HELP["fault_models"])
+    parser.add_argument("--log-level", default="warning", help="uvicorn 로그 수준 (기본 warning)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = from_env()
+    flags = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
+    cfg.update(validate(flags))
+    return cfg
+
+
+def serve(host: str = "127.0.0.1", port: int = 8765, fd: int | None = None,
+          log_level: str = "warning", **config: Any) -> None:
+    """Run the simulator in the foreground (blocks)."""
+    import uvicorn
+
+    from .app import Simulator
+
+    app = Simulator(**config)
+    ucfg = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+                          access_log=False, log_level=log_level, timeout_graceful_shutdown=2,
+                          backlog=4096, timeout_keep_alive=30)
+    server = uvicorn.Server(ucfg)
+    if fd is not None:
+        sock = socket.socket(fileno=fd)
+        server.run(sockets=[sock])
+    else:
+        server.run()
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"시뮬레이터 설정 오류: {exc}", file=sys.stderr)
+        return 2
+    if args.fd is None:
+        print(f"Gemini 시뮬레이터: http://{args.host}:{args.port}  (지연 시간 {cfg['latency']})\n"
+              f"  export GOOGLE_GEMINI_BASE_URL=http://{args.host}:{args.port}\n"
+              f"  export GOOGLE_API_KEY=아무-문자열", file=sys.stderr, flush=True)
+    serve(host=args.host, port=args.port, fd=args.fd, log_level=args.log_level, **cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m coursekit.simulator",
+                                     description="로컬 Gemini API 시뮬레이터 (오프라인, 무료, 결정적)")
+    add_arguments(parser)
+    return serve_from_args(parser.parse_args(argv))
