@@ -1,0 +1,122 @@
+"""Meta-tests of the grader (the maintainers' guard, like rustlings' `cargo dev check`):
+
+- the grader passes on `solutions/` for every ready step;
+- the untouched starters in `steps/` fail every check of the step, each with its Korean
+  message (no check passes by accident, none crashes with a traceback instead);
+- every known-wrong solution in `tests/mutants/stepNN.toml` is rejected by the check meant
+  to catch it (only those checks run, to keep `make test` fast).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from coursekit import REPO_ROOT, manifest
+
+MUTANTS_DIR = Path(__file__).with_name("mutants")
+UNEXPECTED = "채점 중 예상치 못한 오류"
+READY = [s for s in manifest.load().steps if s.status == "ready"]
+
+
+def run_grader(tmp_path: Path, *args: str, timeout: float = 900) -> tuple[int, dict, str]:
+    report = tmp_path / f"report-{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "grader"), "-p", "no:cacheprovider", "-q",
+           "--grade-report", str(report), *args]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    output = proc.stdout + proc.stderr
+    print(f"$ {' '.join(cmd[3:])}\n({time.monotonic() - started:.1f}s, 종료 코드 {proc.returncode})\n{output[-6000:]}")
+    data = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {"steps": {}}
+    return proc.returncode, data, output
+
+
+def outcomes(report: dict, step_id: str) -> dict[str, dict]:
+    return report["steps"].get(step_id, {}).get("checks", {})
+
+
+def tool_skips_allowed() -> bool:
+    return os.environ.get("COURSE_REQUIRE_TOOLS", "") in ("", "0")
+
+
+@pytest.mark.parametrize("step", READY, ids=[s.id for s in READY])
+def test_solution_passes_every_check(step, tmp_path):
+    started = time.monotonic()
+    rc, report, out = run_grader(tmp_path, "--target", str(REPO_ROOT / "solutions"), "-k", step.id)
+    elapsed = time.monotonic() - started
+    print(f"{step.id} 솔루션 채점 시간: {elapsed:.1f}s")
+    got = outcomes(report, step.id)
+    expected = {c.id for c in step.checks}
+    missing = expected - set(got)
+    assert not missing, f"채점 테스트가 없는 항목: {sorted(missing)}"
+    allowed = {"passed", "skipped"} if tool_skips_allowed() else {"passed"}
+    bad = {cid: c for cid, c in got.items() if c["outcome"] not in allowed}
+    assert not bad, f"솔루션이 통과하지 못한 항목: {json.dumps(bad, ensure_ascii=False, indent=1)}\n{out[-3000:]}"
+    assert rc == 0, out[-3000:]
+
+
+@pytest.mark.parametrize("step", READY, ids=[s.id for s in READY])
+def test_untouched_starter_fails_every_check(step, tmp_path):
+    rc, report, out = run_grader(tmp_path, "--target", str(REPO_ROOT / "steps"), "-k", step.id)
+    assert rc == 1, f"스타터 채점은 실패(종료 코드 1)해야 합니다: {rc}\n{out[-3000:]}"
+    got = outcomes(report, step.id)
+    expected = {c.id for c in step.checks}
+    assert set(got) == expected, f"채점되지 않은 항목: {sorted(expected - set(got))}"
+    allowed = {"failed", "skipped"} if tool_skips_allowed() else {"failed"}
+    passed = {cid for cid, c in got.items() if c["outcome"] not in allowed}
+    assert not passed, f"손대지 않은 스타터가 통과한 항목 (잘못 통과할 수 있는 채점): {sorted(passed)}"
+    crashed = {cid: c["messages"] for cid, c in got.items() if any(UNEXPECTED in m for m in c["messages"])}
+    assert not crashed, f"한국어 메시지 대신 예외로 끝난 항목: {json.dumps(crashed, ensure_ascii=False, indent=1)}"
+    for cid, c in got.items():
+        if c["outcome"] == "failed":
+            assert any(("기대" in m and "측정" in m) or "[CI]" in m for m in c["messages"]), (cid, c["messages"])
+
+
+def _mutants():
+    for step in READY:
+        path = MUTANTS_DIR / f"{step.id}.toml"
+        if not path.exists():
+            continue
+        with open(path, "rb") as fh:
+            for m in tomllib.load(fh).get("mutants", []):
+                yield pytest.param(step, m, id=f"{step.id}-{m['name']}")
+
+
+def test_every_ready_step_has_mutants():
+    missing = [s.id for s in READY if not (MUTANTS_DIR / f"{s.id}.toml").exists()]
+    assert not missing, f"알려진 오답 목록(tests/mutants/<step>.toml)이 없는 단계: {missing}"
+
+
+@pytest.mark.parametrize("step, mutant", list(_mutants()))
+def test_known_wrong_solution_is_rejected(step, mutant, tmp_path):
+    m = manifest.load()
+    target = tmp_path / "target"
+    shutil.copytree(REPO_ROOT / "solutions" / step.folder, target / step.folder,
+                    ignore=shutil.ignore_patterns("__pycache__", ".venv", ".env"))
+    path = target / step.folder / mutant["file"]
+    text = path.read_text(encoding="utf-8")
+    assert text.count(mutant["old"]) == 1, f"{mutant['name']}: 'old' 가 {mutant['file']} 에 정확히 한 번 있어야 합니다"
+    path.write_text(text.replace(mutant["old"], mutant["new"]), encoding="utf-8")
+
+    checks = [mutant["check"], *mutant.get("also", [])]
+    for cid in checks:
+        assert m.check(cid).step == step.id
+    rc, report, out = run_grader(tmp_path, "--target", str(target), "--checks", ",".join(checks))
+    got = outcomes(report, step.id)
+    for cid in checks:
+        assert cid in got, f"{mutant['name']}: {cid} 가 실행되지 않았습니다\n{out[-3000:]}"
+        if got[cid]["outcome"] == "skipped" and tool_skips_allowed():
+            continue
+        assert got[cid]["outcome"] == "failed", (
+            f"알려진 오답 '{mutant['name']}' 을(를) {cid} 가 잡지 못했습니다: {got[cid]}\n{out[-3000:]}"
+        )
+        assert not any(UNEXPECTED in msg for msg in got[cid]["messages"]), got[cid]["messages"]
