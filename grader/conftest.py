@@ -174,10 +174,8 @@ def pytest_runtest_makereport(item, call):
             msg = f"채점 중 예상치 못한 오류: {call.excinfo.typename}: {exc}" if call.excinfo else "실패"
             report.longrepr = f"{header}\n{msg}\n{hint}\n\n{report.longreprtext if hasattr(report, 'longreprtext') else ''}"
         state["messages"][cid].append(msg)
-        for svc in harness.take_started_services():
+        for svc in harness.running_services():
             report.sections.append((f"서비스 로그 ({svc.cwd.name}, 마지막 40줄)", svc.tail(40)))
-    elif report.when == "teardown":
-        harness.take_started_services()
 
 
 def _aggregate(outcomes: list[str]) -> str:

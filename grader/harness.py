@@ -179,6 +179,8 @@ class Service:
         return self.process.poll() is None
 
     def stop(self, grace: float = 10.0) -> None:
+        if self in _started:
+            _started.remove(self)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -235,10 +237,9 @@ def run_service(
         svc.stop()
 
 
-def take_started_services() -> list[Service]:
-    out = list(_started)
-    _started.clear()
-    return out
+def running_services() -> list[Service]:
+    """Services started by the grader that are still running (for failure reports)."""
+    return list(_started)
 
 
 # --------------------------------------------------------------------------- locust

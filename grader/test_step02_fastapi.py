@@ -32,7 +32,7 @@ GOOGLE_KEY = "grader-gemini-" + secrets.token_hex(8)
 
 # 오류 응답에 보이면 안 되는 것들: 스택 트레이스, SDK 예외 문구, 비밀 값.
 LEAK_MARKERS = ["Traceback", 'File "', "RESOURCE_EXHAUSTED", "UNAVAILABLE", "google.genai", "httpx.",
-                "ReadTimeout", "langchain", "ServerError", "RateLimit", "x-goog-api-key"]
+                "ReadTimeout", "httpx2", "langchain", "ServerError", "RateLimit", "x-goog-api-key"]
 
 
 @pytest.fixture(scope="module")
