@@ -1,0 +1,336 @@
+"""Step 02 — FastAPI 서버 구축: LLM 채팅 API.
+
+실행:  uvicorn main:app --host 127.0.0.1 --port 8000
+설정:  환경 변수 또는 .env 파일 (.env.example 을 복사해서 쓰세요)
+문서:  http://127.0.0.1:8000/docs
+"""
+
+# BEGIN SOLUTION
+import math
+import secrets
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import httpx
+import httpx2
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from google.genai.errors import ServerError
+from langchain_core.exceptions import ModelRateLimitError
+from langchain_google_genai import ChatGoogleGenerativeAI
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+# STARTER
+# # TODO 0: 아래 과제를 풀면서 필요한 것을 import 하세요
+# #   (secrets, contextlib.asynccontextmanager, pydantic, pydantic_settings, ...).
+# from fastapi import FastAPI
+# from langchain_google_genai import ChatGoogleGenerativeAI
+# END SOLUTION
+
+# BEGIN SOLUTION
+MAX_BODY_BYTES = 64 * 1024  # 요청 본문 상한: 64 KiB
+
+
+class Settings(BaseSettings):
+    """환경 변수(없으면 .env 파일)에서 읽는 설정. 비밀 값은 SecretStr 로 감춥니다."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    google_api_key: SecretStr  # Gemini API 키 (시뮬레이터에서는 아무 문자열)
+    google_gemini_base_url: str | None = None  # 비우면 Google, 시뮬레이터면 http://127.0.0.1:PORT
+    service_api_key: SecretStr  # 이 서비스의 클라이언트가 X-API-Key 헤더로 보낼 키
+    llm_model: str = "gemini-3.5-flash"
+    llm_timeout_seconds: float = Field(default=10, gt=0)
+    llm_max_attempts: int = Field(default=2, ge=1)  # 업스트림 호출 총 시도 횟수 (첫 시도 포함)
+    max_message_chars: int = Field(default=4000, ge=1)
+
+
+settings = Settings()
+# STARTER
+# # TODO 5 (lesson §6 '서비스 API 키'): pydantic-settings 의 BaseSettings 로 설정 클래스를 만드세요.
+# #   GOOGLE_API_KEY, GOOGLE_GEMINI_BASE_URL, SERVICE_API_KEY, LLM_MODEL(기본 gemini-3.5-flash),
+# #   LLM_TIMEOUT_SECONDS(기본 10), LLM_MAX_ATTEMPTS(기본 2), MAX_MESSAGE_CHARS(기본 4000)
+# #   를 환경 변수와 .env 에서 읽고, 비밀 값은 SecretStr 로 두세요.
+# END SOLUTION
+
+
+# BEGIN SOLUTION
+class ChatRequest(BaseModel):
+    """POST /chat 요청 본문."""
+
+    model_config = ConfigDict(
+        extra="forbid",  # 모르는 필드는 422
+        json_schema_extra={"examples": [{"message": "MLOps 가 무엇인가요?"}]},
+    )
+
+    message: str = Field(
+        min_length=1,
+        max_length=settings.max_message_chars,
+        description="사용자 질문 (공백만으로 된 문자열은 안 됨)",
+    )
+
+    @field_validator("message")
+    @classmethod
+    def not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("메시지가 비어 있습니다 (공백만 있음)")
+        return value
+
+
+class Usage(BaseModel):
+    input_tokens: int = Field(description="프롬프트 토큰 수")
+    output_tokens: int = Field(description="답변 토큰 수")
+    total_tokens: int = Field(description="합계")
+
+
+class ChatResponse(BaseModel):
+    """POST /chat 성공 응답."""
+
+    response: str = Field(description="LLM 의 답변")
+    model: str = Field(description="답변한 모델 이름")
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="기계가 읽는 오류 코드 (예: unauthorized, upstream_timeout)")
+    message: str = Field(description="사람이 읽는 한국어 설명")
+
+
+class ErrorResponse(BaseModel):
+    """모든 오류 응답의 모양: {"error": {"code": ..., "message": ...}}"""
+
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="항상 ok")
+    model: str = Field(description="설정된 모델 이름")
+# STARTER
+# # TODO 1 (lesson §2 '요청/응답 모델'): pydantic 모델을 만드세요.
+# #   - ChatRequest: JSON 본문 {"message": "..."}; 1~MAX_MESSAGE_CHARS 글자, 공백만 있으면 안 됨,
+# #     모르는 필드는 거절 (ConfigDict(extra="forbid"))
+# #   - ChatResponse: {"response": str, "model": str,
+# #     "usage": {"input_tokens": int, "output_tokens": int, "total_tokens": int}}
+# #   - ErrorResponse: {"error": {"code": str, "message": str}}, HealthResponse: {"status", "model"}
+# END SOLUTION
+
+
+# BEGIN SOLUTION
+class ApiError(Exception):
+    """정해진 상태 코드와 JSON 오류 본문으로 바뀌는 예외."""
+
+    def __init__(self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(code)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(code=code, message=message))
+    return JSONResponse(status_code=status_code, content=body.model_dump(), headers=headers)
+
+
+# Starlette/FastAPI 가 직접 내는 HTTP 오류 (404, 405, 413 ...) 도 같은 모양으로 바꿉니다.
+HTTP_ERRORS = {
+    404: ("not_found", "요청한 경로가 없습니다."),
+    405: ("method_not_allowed", "허용되지 않는 HTTP 메서드입니다."),
+    413: ("payload_too_large", f"요청 본문이 너무 큽니다 (최대 {MAX_BODY_BYTES // 1024} KiB)."),
+}
+
+# google-genai 3.x 는 기본으로 httpx2 를 씁니다 (GOOGLE_GENAI_HTTP_CLIENT=httpx 이면 httpx).
+# 타임아웃은 SDK 가 감싸지 않은 httpx2.ReadTimeout 등으로 올라오므로 둘 다 잡습니다.
+UPSTREAM_TIMEOUTS = (httpx2.TimeoutException, httpx.TimeoutException)
+
+
+def retry_after_seconds(exc: Exception, default: int = 5) -> int:
+    """Gemini 429 응답의 RetryInfo.retryDelay (예: "17s") 를 Retry-After 초로 바꿉니다."""
+    details = getattr(exc.__cause__, "details", None)  # google.genai ClientError 의 응답 JSON
+    try:
+        for item in details["error"]["details"]:
+            if item.get("@type", "").endswith("google.rpc.RetryInfo"):
+                return max(1, math.ceil(float(item["retryDelay"].removesuffix("s"))))
+    except (TypeError, KeyError, ValueError, AttributeError):
+        pass
+    return default
+
+
+class BodySizeLimitMiddleware:
+    """본문이 max_bytes 보다 크면 JSON 을 파싱하기 전에 413 으로 거절합니다.
+
+    Content-Length 헤더를 먼저 보고, 헤더가 없는 (chunked) 본문은 읽는 동안 바이트를 셉니다.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = error_response(413, *HTTP_ERRORS[413])
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(status_code=413)  # 아래 http_error 핸들러가 JSON 으로 바꿈
+            return message
+
+        await self.app(scope, limited_receive, send)
+# STARTER
+# # TODO 4 (lesson §5 '업스트림 오류 다루기'): 오류를 {"error": {"code", "message"}} JSON 으로
+# #   바꾸는 도구를 만드세요 (예외 클래스, 응답 함수). 요청 본문이 64 KiB 를 넘으면 파싱 전에
+# #   413 payload_too_large 로 거절하세요 (Content-Length 와 실제로 읽은 바이트 모두 확인).
+# END SOLUTION
+
+
+# BEGIN SOLUTION
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    # 클라이언트는 시작할 때 하나만 만들고 모든 요청이 같이 씁니다 (연결 풀 재사용).
+    app.state.llm = ChatGoogleGenerativeAI(
+        model=settings.llm_model,
+        api_key=settings.google_api_key,
+        base_url=settings.google_gemini_base_url,  # None 이면 SDK 가 GOOGLE_GEMINI_BASE_URL 을 읽음
+        timeout=settings.llm_timeout_seconds,  # 시도 한 번의 상한 (초)
+        max_retries=settings.llm_max_attempts,  # 총 시도 횟수. 빼면 SDK 기본 6번 (~33초)
+    )
+    yield
+    await app.state.llm.aclose()
+
+
+app = FastAPI(
+    title="LLM 채팅 서비스",
+    version="0.2.0",
+    description="MLOps 기초 Step 02 — Gemini 를 감싼 채팅 API. `/chat` 은 `X-API-Key` 헤더가 필요합니다.",
+    lifespan=lifespan,
+)
+app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+
+
+@app.exception_handler(ApiError)
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code, message = HTTP_ERRORS.get(exc.status_code, ("http_error", "요청을 처리할 수 없습니다."))
+    return error_response(exc.status_code, code, message, exc.headers)
+
+
+@app.exception_handler(Exception)
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # 클라이언트에게는 일반적인 메시지만. 트레이스는 Starlette 가 이 응답을 보낸 뒤
+    # 예외를 다시 던져 uvicorn 이 서버 로그에 남깁니다.
+    return error_response(500, "internal_error", "서버 내부 오류가 발생했습니다. 잠시 후 다시 시도하세요.")
+
+
+def get_llm(request: Request) -> ChatGoogleGenerativeAI:
+    return request.app.state.llm
+# STARTER
+# # TODO 3 (lesson §4 '타임아웃과 재시도 한도'): lifespan 에서 ChatGoogleGenerativeAI 를 한 번만
+# #   만들고 timeout=LLM_TIMEOUT_SECONDS, max_retries=LLM_MAX_ATTEMPTS 를 넘기세요
+# #   (max_retries 를 빼면 SDK 기본값 6번 시도, 429 가 계속되면 약 33초).
+# # TODO 6 (lesson §7 '/health 와 OpenAPI 문서'): FastAPI(title=..., description=...) 로
+# #   /docs 에 보일 설명을 붙이세요.
+# app = FastAPI()
+# llm = ChatGoogleGenerativeAI(model="gemini-3.5-flash")
+# END SOLUTION
+
+
+# BEGIN SOLUTION
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="서비스 API 키 (SERVICE_API_KEY)")
+
+
+def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> None:
+    expected = settings.service_api_key.get_secret_value()
+    # 상수 시간 비교: 맞은 글자 수에 따라 응답 시간이 달라지지 않게 합니다.
+    if api_key is None or not secrets.compare_digest(api_key.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "X-API-Key 헤더가 없거나 올바르지 않습니다.")
+# STARTER
+# # TODO 5 (lesson §6 '서비스 API 키'): X-API-Key 헤더를 SERVICE_API_KEY 와
+# #   secrets.compare_digest 로 비교하고, 없거나 틀리면 401 unauthorized 를 돌려주세요.
+# #   키 값은 어떤 응답에도 넣지 마세요.
+# END SOLUTION
+
+
+# BEGIN SOLUTION
+@app.get("/health", response_model=HealthResponse, summary="헬스 체크 (LLM 을 부르지 않음)")
+async def health() -> HealthResponse:
+    return HealthResponse(status="ok", model=settings.llm_model)
+# STARTER
+# # TODO 6 (lesson §7 '/health 와 OpenAPI 문서'): {"status": "ok", "model": <설정된 모델>} 을
+# #   돌려주세요. LLM 은 부르지 마세요.
+# @app.get("/health")
+# def health():
+#     return {"status": "ok"}
+# END SOLUTION
+
+
+# BEGIN SOLUTION
+@app.post(
+    "/chat",
+    response_model=ChatResponse,
+    summary="LLM 에게 질문하기",
+    dependencies=[Depends(require_api_key)],
+    responses={
+        401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
+        413: {"model": ErrorResponse, "description": "요청 본문이 64 KiB 초과"},
+        502: {"model": ErrorResponse, "description": "LLM 서버 오류 (5xx)"},
+        503: {"model": ErrorResponse, "description": "LLM 호출 한도 초과 (429), Retry-After 헤더 포함"},
+        504: {"model": ErrorResponse, "description": "LLM 응답 시간 초과"},
+        500: {"model": ErrorResponse, "description": "예상하지 못한 서버 오류"},
+    },
+)
+async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]) -> ChatResponse:
+    try:
+        reply = await llm.ainvoke(req.message)
+    except ModelRateLimitError as exc:  # 429 -> GoogleRateLimitError
+        raise ApiError(
+            503,
+            "upstream_rate_limited",
+            "LLM 호출 한도를 넘었습니다. Retry-After 초 뒤에 다시 시도하세요.",
+            headers={"Retry-After": str(retry_after_seconds(exc))},
+        ) from None
+    except ServerError:  # 5xx -> GoogleAPIError (google.genai.errors.ServerError 의 하위 클래스)
+        raise ApiError(502, "upstream_error", "LLM 서버에서 오류가 발생했습니다. 잠시 후 다시 시도하세요.") from None
+    except UPSTREAM_TIMEOUTS:  # 시간 초과 -> httpx2.ReadTimeout 등
+        raise ApiError(
+            504, "upstream_timeout", f"LLM 이 {settings.llm_timeout_seconds:g}초 안에 응답하지 않았습니다."
+        ) from None
+    usage = reply.usage_metadata or {}
+    return ChatResponse(
+        response=reply.text,
+        model=settings.llm_model,
+        usage=Usage(
+            input_tokens=usage.get("input_tokens", 0),
+            output_tokens=usage.get("output_tokens", 0),
+            total_tokens=usage.get("total_tokens", 0),
+        ),
+    )
+# STARTER
+# # TODO 1 (lesson §2 '요청/응답 모델'): 쿼리 문자열 대신 JSON 본문 ChatRequest 를 받고
+# #   ChatResponse (답변, 모델, 토큰 사용량 usage_metadata) 를 돌려주세요.
+# # TODO 2 (lesson §3 'async def 와 블로킹 호출'): async def 안에서 llm.invoke 는 이벤트 루프를
+# #   막습니다. await llm.ainvoke(...) 로 바꾸세요.
+# # TODO 4 (lesson §5 '업스트림 오류 다루기'): 429 -> 503 upstream_rate_limited (+ Retry-After),
+# #   5xx -> 502 upstream_error, 시간 초과 -> 504 upstream_timeout, 그 밖의 예외 -> 500
+# #   internal_error. 응답에 트레이스나 SDK 예외 문자열을 넣지 마세요.
+# # TODO 5 (lesson §6 '서비스 API 키'): X-API-Key 검사를 이 엔드포인트에 의존성으로 거세요.
+# @app.post("/chat")
+# async def chat(message: str):
+#     response = llm.invoke(message)
+#     return {"response": response.content}
+# END SOLUTION
