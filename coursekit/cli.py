@@ -63,6 +63,8 @@ def _cmd_lab(args) -> int:
     cmd = [jupyter, "lab", f"--notebook-dir={args.notebook_dir}", f"--port={args.port}", "--ServerApp.ip=127.0.0.1"]
     if args.no_browser:
         cmd.append("--no-browser")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI run as root
+        cmd.append("--allow-root")
     cmd += args.jupyter_args
 
     if real:
@@ -71,7 +73,7 @@ def _cmd_lab(args) -> int:
 
     from .simulator import SimulatorProcess
 
-    with SimulatorProcess(latency=args.latency, port=args.sim_port) as sim:
+    with SimulatorProcess(latency=args.latency) as sim:
         env = lab_environment(dict(os.environ), sim.base_url)
         print(f"Gemini 시뮬레이터: {sim.base_url}  (GOOGLE_GEMINI_BASE_URL 로 설정됨, API 키 불필요)")
         print(f"JupyterLab 을 시작합니다: {args.notebook_dir}  (끝내려면 Ctrl+C)")
@@ -212,7 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
                            description="시뮬레이터를 백그라운드에서 띄우고 steps/ 에서 JupyterLab 을 엽니다. "
                                        "노트북과 서비스는 GOOGLE_GEMINI_BASE_URL 로 시뮬레이터에 연결됩니다.")
     p_lab.add_argument("--port", type=int, default=8888, help="JupyterLab 포트 (기본 8888)")
-    p_lab.add_argument("--sim-port", type=int, default=None, help="시뮬레이터 포트 (기본: 빈 포트)")
     p_lab.add_argument("--latency", choices=["zero", "realistic"], default="realistic",
                        help="시뮬레이터 지연 모델 (기본 realistic)")
     p_lab.add_argument("--notebook-dir", default=str(REPO_ROOT / "steps"), help="노트북 폴더 (기본 steps/)")

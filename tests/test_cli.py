@@ -1,0 +1,159 @@
+"""The `course` CLI: help texts, progress display, lab environment, and a real `course lab`
+whose notebook kernel gets a Korean answer from the simulator with no key of the user's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coursekit import REPO_ROOT, cli, manifest
+
+COURSE = [sys.executable, "-m", "coursekit.cli"]
+
+
+def run(*args, **kw):
+    return subprocess.run([*COURSE, *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, **kw)
+
+
+@pytest.mark.parametrize("cmd", [[], ["sim"], ["lab"], ["grade"], ["starters"]])
+def test_help_is_korean(cmd):
+    r = run(*cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    assert any("\uac00" <= ch <= "\ud7a3" for ch in r.stdout), r.stdout
+
+
+def test_unknown_step_is_a_clear_error():
+    r = run("grade", "99")
+    assert r.returncode == 2
+    assert "알 수 없는 단계" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_starters_check_reports_in_sync():
+    r = run("starters")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_lab_environment_uses_simulator_and_hides_real_key():
+    env = cli.lab_environment({"GOOGLE_API_KEY": "real-key", "GEMINI_API_KEY": "x", "PATH": "/bin"}, "http://127.0.0.1:9")
+    assert env["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:9"
+    assert env["GOOGLE_API_KEY"] == cli.LOCAL_KEY and "GEMINI_API_KEY" not in env
+    real = cli.lab_environment({"GOOGLE_API_KEY": "real-key", "GOOGLE_GEMINI_BASE_URL": "http://x"}, None)
+    assert real["GOOGLE_API_KEY"] == "real-key" and "GOOGLE_GEMINI_BASE_URL" not in real
+
+
+def test_lab_real_mode_without_key_refuses():
+    env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_API_KEY", "GEMINI_API_KEY")}
+    r = run("lab", "--real", env=env)
+    assert r.returncode == 2 and "GOOGLE_API_KEY" in r.stderr
+
+
+def test_progress_and_next_todo(capsys):
+    m = manifest.load()
+    s2 = m.step("step02")
+    state = {"step02": {"passed": 1, "total": len(s2.checks),
+                        "checks": {c.id: ("passed" if i == 0 else "failed") for i, c in enumerate(s2.checks)}}}
+    cli.print_progress(state, m)
+    out = capsys.readouterr().out
+    assert "진행 상황" in out and f"1/{len(s2.checks)}" in out and "준비 중" in out
+    todo = cli.next_todo(state, m)
+    # step01 not graded yet -> it is the next thing to do
+    assert "step01" in todo
+    state["step01"] = {"passed": len(m.step("step01").checks), "checks": {c.id: "passed" for c in m.step("step01").checks}}
+    assert s2.checks[1].id in cli.next_todo(state, m) and "힌트" in cli.next_todo(state, m)
+
+
+# --------------------------------------------------------------------------- real lab
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _execute(port: int, token: str, kernel_id: str, code: str, timeout: float = 60) -> str:
+    from tornado.websocket import websocket_connect
+
+    ws = await websocket_connect(f"ws://127.0.0.1:{port}/api/kernels/{kernel_id}/channels?token={token}")
+    msg_id = uuid.uuid4().hex
+    ws.write_message(json.dumps({
+        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                   "msg_type": "execute_request", "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }))
+    out = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = await asyncio.wait_for(ws.read_message(), timeout=deadline - time.monotonic())
+        if raw is None:
+            break
+        msg = json.loads(raw)
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        kind = msg["header"]["msg_type"]
+        if kind == "stream":
+            out.append(msg["content"]["text"])
+        elif kind == "error":
+            out.append("ERROR: " + "\n".join(msg["content"]["traceback"]))
+        elif kind == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    ws.close()
+    return "".join(out)
+
+
+def test_course_lab_notebook_gets_korean_answer_without_user_key(tmp_path):
+    port, token = _free_port(), uuid.uuid4().hex
+    env = {**os.environ, "JUPYTER_TOKEN": token, "GOOGLE_API_KEY": "users-real-key-must-not-be-used",
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
+    env.pop("GOOGLE_GEMINI_BASE_URL", None)
+    log = open(tmp_path / "lab.log", "wb")
+    proc = subprocess.Popen([*COURSE, "lab", "--no-browser", "--port", str(port), "--latency", "zero"],
+                            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"token {token}"}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "lab.log").read_text()
+            try:
+                if httpx.get(f"{base}/api/status", headers=headers, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("JupyterLab 이 90초 안에 뜨지 않았습니다:\n" + (tmp_path / "lab.log").read_text())
+        kernel = httpx.post(f"{base}/api/kernels", headers=headers, json={"name": "python3"}, timeout=30).json()
+        code = (
+            "import os\n"
+            "from langchain_google_genai import ChatGoogleGenerativeAI\n"
+            "print('KEY', os.environ['GOOGLE_API_KEY'])\n"
+            "print('URL', os.environ['GOOGLE_GEMINI_BASE_URL'])\n"
+            "print('ANSWER', ChatGoogleGenerativeAI(model='gemini-3.5-flash').invoke('하늘클라우드 요금제는 어떻게 되나요?').content)\n"
+        )
+        out = asyncio.run(_execute(port, token, kernel["id"], code))
+        assert "ERROR" not in out, out
+        assert f"KEY {cli.LOCAL_KEY}" in out
+        assert "URL http://127.0.0.1:" in out
+        answer = out.split("ANSWER", 1)[1]
+        assert any("\uac00" <= ch <= "\ud7a3" for ch in answer), out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
