@@ -254,12 +254,16 @@ class LocustResult:
     p95: float
     p99: float
     output: str = ""
+    errors: tuple[tuple[str, int], ...] = ()  # (Locust's error text, occurrences), most frequent first
 
     def summary(self) -> str:
-        return (
+        text = (
             f"사용자 {self.users}명, {self.run_time_s:.0f}초: 요청 {self.requests}개, 실패 {self.failures}개, "
             f"{self.rps:.1f} req/s, p50 {self.p50:.2f}s, p95 {self.p95:.2f}s, p99 {self.p99:.2f}s"
         )
+        if self.errors:
+            text += " [실패 원인: " + ", ".join(f"{e} x{n}" for e, n in self.errors[:3]) + "]"
+        return text
 
 
 def _num(value: str) -> float:
@@ -304,6 +308,13 @@ def run_locust(
                  detail=output[-2000:])
         with open(stats, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
+        errors: list[tuple[str, int]] = []
+        failures_csv = Path(f"{prefix}_failures.csv")
+        if failures_csv.exists():
+            with open(failures_csv, newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    errors.append((row.get("Error", "?"), int(_num(row.get("Occurrences", "0")))))
+            errors.sort(key=lambda e: -e[1])
     agg = next((r for r in rows if r.get("Name") == "Aggregated"), None)
     if agg is None:
         fail(expected="Locust 통계의 Aggregated 행", measured="없음", detail=output[-2000:])
@@ -317,4 +328,5 @@ def run_locust(
         p95=_num(agg["95%"]) / 1000.0,
         p99=_num(agg["99%"]) / 1000.0,
         output=output[-4000:],
+        errors=tuple(errors),
     )
