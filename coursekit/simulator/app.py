@@ -110,7 +110,8 @@ class Simulator:
     async def _send(self, send, status: int, body: bytes, headers=_JSON_HEADERS, count: bool = True):
         if count:
             self._inc("by_status", str(status))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": headers + [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
     async def _http(self, scope, receive, send):
