@@ -308,3 +308,19 @@ def test_runtime_config_over_http(sim):
     assert http.patch(sim.base_url + "/_sim/config", json={"bogus": 1}).status_code == 400
     assert http.patch(sim.base_url + "/_sim/config", content=b"{").status_code == 400
     assert sim.config()["error_429_rate"] == 0.5
+
+
+def test_cli_flags_override_env(monkeypatch):
+    import argparse
+
+    from coursekit.simulator import add_arguments, config_from_args
+
+    monkeypatch.setenv("SIM_ERROR_503_RATE", "0.2")
+    monkeypatch.setenv("SIM_SEED", "9")
+    parser = add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--seed", "3", "--latency", "realistic", "--fault-models", "a,b", "--quota-rpm", "10"])
+    cfg = config_from_args(args)
+    assert cfg == {"error_503_rate": 0.2, "seed": 3, "latency": "realistic", "fault_models": ["a", "b"],
+                   "quota_rpm": 10}
+    helptext = parser.format_help()
+    assert "지연 시간" in helptext and "--valid-keys" in helptext
