@@ -190,8 +190,9 @@ class BodySizeLimitMiddleware:
         await self.app(scope, limited_receive, send)
 # STARTER
 # # TODO 4 (lesson §5 '업스트림 오류 다루기'): 오류를 {"error": {"code", "message"}} JSON 으로
-# #   바꾸는 도구를 만드세요 (예외 클래스, 응답 함수). 요청 본문이 64 KiB 를 넘으면 파싱 전에
-# #   413 payload_too_large 로 거절하세요 (Content-Length 와 실제로 읽은 바이트 모두 확인).
+# #   바꾸는 도구를 만드세요 (예외 클래스, 응답 함수, 예외 핸들러).
+# # TODO 1 (lesson §2 '요청/응답 모델'): 요청 본문이 64 KiB 를 넘으면 JSON 을 파싱하기 전에
+# #   413 payload_too_large 로 거절하세요 (Content-Length 헤더와 실제로 읽은 바이트 모두 확인).
 # END SOLUTION
 
 
