@@ -1,0 +1,433 @@
+"""Helpers of the step-01 (Docker) grader: a real Dockerfile parser, the .dockerignore
+matcher Docker uses, and running docker builds/containers that are cleaned up by id.
+
+Kept separate from the test module so the maintainers' tests can exercise the parsers
+without a Docker engine (tests/test_docker_base.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shlex
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coursekit.dockerbase import DockerClient
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+@dataclass
+class Instruction:
+    keyword: str             # upper case: FROM, RUN, COPY ...
+    value: str               # the arguments, continuation lines joined, flags included
+    line: int                # 1-based line where the instruction starts
+    flags: dict[str, str] = field(default_factory=dict)  # --from=build, --chown=app ...
+    rest: str = ""           # value without the leading --flags
+
+    @property
+    def json_args(self) -> list[str] | None:
+        """The exec-form (JSON array of strings) arguments, or None for shell form."""
+        text = self.rest.strip()
+        if not text.startswith("["):
+            return None
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(parsed, list) and all(isinstance(x, str) for x in parsed):
+            return parsed
+        return None
+
+
+@dataclass
+class Stage:
+    index: int
+    image: str               # as written, ARGs substituted where known
+    name: str | None
+    line: int
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def last(self, keyword: str) -> Instruction | None:
+        found = [i for i in self.instructions if i.keyword == keyword]
+        return found[-1] if found else None
+
+
+@dataclass
+class Dockerfile:
+    instructions: list[Instruction]
+    stages: list[Stage]
+    global_args: dict[str, str]
+
+    @property
+    def final(self) -> Stage | None:
+        return self.stages[-1] if self.stages else None
+
+    def stage_named(self, name: str) -> Stage | None:
+        for s in self.stages:
+            if s.name and s.name.lower() == name.lower():
+                return s
+        if name.isdigit() and int(name) < len(self.stages):
+            return self.stages[int(name)]
+        return None
+
+    def external_images(self) -> list[str]:
+        names = {s.name.lower() for s in self.stages if s.name}
+        out = []
+        for s in self.stages:
+            if s.image.lower() not in names and s.image != "scratch" and s.image not in out:
+                out.append(s.image)
+        return out
+
+
+_FLAG = re.compile(r"--([A-Za-z][\w-]*)(?:=(\S*))?")
+
+
+def _split_flags(value: str) -> tuple[dict[str, str], str]:
+    flags: dict[str, str] = {}
+    rest = value.lstrip()
+    while rest.startswith("--"):
+        m = _FLAG.match(rest)
+        if not m:
+            break
+        flags[m.group(1).lower()] = m.group(2) or ""
+        rest = rest[m.end():].lstrip()
+    return flags, rest
+
+
+def substitute(text: str, variables: dict[str, str]) -> str:
+    def repl(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        return variables.get(name, m.group(0))
+
+    return re.sub(r"\$\{(\w+)(?::?[-+][^}]*)?\}|\$(\w+)", repl, text)
+
+
+def parse_dockerfile(text: str) -> Dockerfile:
+    """Parse like BuildKit's frontend: parser directives, comments, `\\` (or the
+    `# escape=` character) continuations, blank/comment lines inside continuations,
+    multi-stage FROM ... AS name, global ARGs before the first FROM."""
+    lines = text.splitlines()
+    escape = "\\"
+    # parser directives: only at the very top, before any other line
+    for raw in lines:
+        m = re.match(r"^\s*#\s*(\w+)\s*=\s*(\S+)\s*$", raw)
+        if not m:
+            break
+        if m.group(1).lower() == "escape" and m.group(2) in ("\\", "`"):
+            escape = m.group(2)
+
+    instructions: list[Instruction] = []
+    buf: list[str] = []
+    start = 0
+    for no, raw in enumerate(lines, start=1):
+        stripped = raw.strip()
+        if not buf:
+            if not stripped or stripped.startswith("#"):
+                continue
+            start = no
+        elif not stripped or stripped.startswith("#"):
+            continue  # comment or empty line inside a continuation
+        body = raw.rstrip()
+        if body.endswith(escape):
+            buf.append(body[:-1])
+            continue
+        buf.append(body)
+        joined = " ".join(part.strip() for part in buf).strip()
+        buf = []
+        keyword, _, value = joined.partition(" ")
+        flags, rest = _split_flags(value)
+        instructions.append(Instruction(keyword.upper(), value.strip(), start, flags, rest))
+    if buf:
+        joined = " ".join(part.strip() for part in buf).strip()
+        keyword, _, value = joined.partition(" ")
+        flags, rest = _split_flags(value)
+        instructions.append(Instruction(keyword.upper(), value.strip(), start, flags, rest))
+
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            words = ins.rest.split()
+            image = substitute(words[0], global_args) if words else ""
+            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(len(stages), image, name, ins.line))
+        elif not stages:
+            if ins.keyword == "ARG":
+                for name, value in arg_pairs(ins):
+                    global_args[name] = value or ""
+        else:
+            stages[-1].instructions.append(ins)
+    return Dockerfile(instructions, stages, global_args)
+
+
+def env_pairs(ins: Instruction) -> list[tuple[str, str]]:
+    """`ENV A=1 B="x y"` or the old form `ENV A some value`."""
+    text = ins.rest.strip()
+    first = text.split(None, 1)[0] if text else ""
+    if "=" not in first:
+        name, _, value = text.partition(" ")
+        return [(name, value.strip())]
+    try:
+        parts = shlex.split(text, posix=True)
+    except ValueError:
+        parts = text.split()
+    return [(p.partition("=")[0], p.partition("=")[2]) for p in parts if "=" in p]
+
+
+def arg_pairs(ins: Instruction) -> list[tuple[str, str | None]]:
+    try:
+        parts = shlex.split(ins.rest, posix=True)
+    except ValueError:
+        parts = ins.rest.split()
+    return [(p.partition("=")[0], p.partition("=")[2] if "=" in p else None) for p in parts]
+
+
+def image_reference(image: str) -> tuple[str, str | None, str | None]:
+    """(name, tag, digest) of an image reference such as registry:5000/python:3.11-slim@sha256:..."""
+    digest = None
+    if "@" in image:
+        image, digest = image.split("@", 1)
+    last = image.rsplit("/", 1)[-1]
+    tag = None
+    if ":" in last:
+        name_part, tag = last.rsplit(":", 1)
+        image = image[: len(image) - len(tag) - 1]
+    return image, tag, digest
+
+
+SECRET_WORDS = {"KEY", "APIKEY", "TOKEN", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PASS", "PWD",
+                "CREDENTIAL", "CREDENTIALS", "PRIVATE"}
+GOOGLE_KEY_RE = re.compile(r"AIza[0-9A-Za-z_\-]{30,}")
+
+
+def secret_like(name: str) -> bool:
+    parts = re.split(r"[_\-.]", name.upper())
+    return any(p in SECRET_WORDS for p in parts) or name.upper().endswith(("APIKEY", "_KEY", "TOKEN", "SECRET"))
+
+
+INSTALL_RE = re.compile(r"\b(pip3?|pip3\.\d+)\s+install\b|\buv\s+(pip\s+install|sync)\b|\bpoetry\s+install\b"
+                        r"|\bpipenv\s+(install|sync)\b|\bconda\s+install\b")
+DEPENDENCY_FILES = re.compile(
+    r"^(requirements[\w.\-]*\.(txt|in)|constraints[\w.\-]*\.txt|pyproject\.toml|poetry\.lock|uv\.lock"
+    r"|Pipfile(\.lock)?|setup\.cfg)$"
+)
+
+
+def copy_sources(ins: Instruction) -> list[str]:
+    args = ins.json_args
+    if args is None:
+        try:
+            args = shlex.split(ins.rest)
+        except ValueError:
+            args = ins.rest.split()
+    return args[:-1] if len(args) >= 2 else args
+
+
+def is_dependency_copy(ins: Instruction) -> bool:
+    sources = copy_sources(ins)
+    return bool(sources) and all(DEPENDENCY_FILES.match(Path(s).name) for s in sources)
+
+
+# --------------------------------------------------------------------------- .dockerignore
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """Go filepath.Match plus `**`, as Docker's patternmatcher does."""
+    out = "^"
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            if pattern[i:i + 2] == "**":
+                i += 2
+                if pattern[i:i + 1] == "/":
+                    out += "(.*/)?"
+                    i += 1
+                else:
+                    out += ".*"
+                continue
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[":
+            j = pattern.find("]", i + 1)
+            if j == -1:
+                out += re.escape(c)
+            else:
+                cls = pattern[i + 1:j]
+                if cls.startswith("^") or cls.startswith("!"):
+                    cls = "^" + cls[1:]
+                out += "[" + cls.replace("\\", "\\\\") + "]"
+                i = j
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        else:
+            out += re.escape(c)
+        i += 1
+    return re.compile(out + "$")
+
+
+def _clean(path: str) -> str:
+    parts: list[str] = []
+    for p in path.replace("\\", "/").split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(p)
+    return "/".join(parts)
+
+
+class DockerIgnore:
+    def __init__(self, text: str):
+        self.rules: list[tuple[bool, re.Pattern, str]] = []
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            negate = line.startswith("!")
+            if negate:
+                line = line[1:].strip()
+            pattern = _clean(line)
+            if pattern:
+                self.rules.append((negate, _pattern_regex(pattern), pattern))
+
+    def excluded(self, path: str) -> bool:
+        """Is `path` (relative to the context) left out of the build context?"""
+        path = _clean(path)
+        parents = path.split("/")
+        candidates = ["/".join(parents[: i + 1]) for i in range(len(parents))]
+        result = False
+        for negate, rx, _ in self.rules:
+            if any(rx.match(c) for c in candidates):
+                result = not negate
+        return result
+
+
+# --------------------------------------------------------------------------- docker runs
+@dataclass
+class BuildResult:
+    ok: bool
+    seconds: float
+    output: str
+    image: str | None        # our tag (unique per run), when the build succeeded
+    image_id: str | None
+    layer_ids: list[str]     # intermediate images the classic builder printed
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.output.splitlines()[-n:])
+
+
+def docker_build(client: DockerClient, context: Path, tag: str, timeout: float = 900,
+                 labels: dict[str, str] | None = None) -> BuildResult:
+    cmd = [*client.build_args(), "-t", tag]
+    for k, v in (labels or {}).items():
+        cmd += ["--label", f"{k}={v}"]
+    cmd.append(str(context))
+    started = time.monotonic()
+    try:
+        proc = client.run(*cmd, timeout=timeout)
+        output = (proc.stdout or "") + (proc.stderr or "")
+        ok = proc.returncode == 0
+    except subprocess.TimeoutExpired as exc:
+        output = f"{exc.stdout or ''}{exc.stderr or ''}\n(시간 초과: {timeout:.0f}초)"
+        ok = False
+    seconds = time.monotonic() - started
+    image_id = None
+    if ok:
+        r = client.run("image", "inspect", "--format", "{{.Id}}", tag, timeout=30)
+        image_id = r.stdout.strip() or None
+    layers = re.findall(r"^ ---> ([0-9a-f]{12})\s*$", output, flags=re.M)
+    return BuildResult(ok, seconds, output if isinstance(output, str) else str(output), tag if ok else None,
+                       image_id, layers)
+
+
+def install_steps_cached(client: DockerClient, output: str) -> tuple[list[str], list[str]]:
+    """(cached, rebuilt) dependency-install steps found in a build's output."""
+    cached, rebuilt = [], []
+    if client.buildkit:
+        # "#8 [build 4/4] RUN pip install ..." ... "#8 CACHED"
+        steps: dict[str, str] = {}
+        for m in re.finditer(r"^#(\d+) \[[^\]]*\] (RUN .*)$", output, flags=re.M):
+            if INSTALL_RE.search(m.group(2)):
+                steps[m.group(1)] = m.group(2)
+        for num, text in steps.items():
+            (cached if re.search(rf"^#{num} CACHED\s*$", output, flags=re.M) else rebuilt).append(text)
+    else:
+        # "Step 5/16 : RUN pip install ..." then " ---> Using cache" or " ---> Running in ..."
+        parts = re.split(r"^(Step \d+/\d+ : .*)$", output, flags=re.M)
+        for head, body in zip(parts[1::2], parts[2::2]):
+            text = head.split(" : ", 1)[1]
+            if text.upper().startswith("RUN") and INSTALL_RE.search(text):
+                (cached if "---> Using cache" in body else rebuilt).append(text)
+    return cached, rebuilt
+
+
+def remove_images(client: DockerClient, refs: list[str]) -> None:
+    """Remove images by our unique tag or by id; an id is removed only when no tag names
+    it (so a base image or a learner's own tagged image is never touched)."""
+    for ref in refs:
+        if not ref:
+            continue
+        if ":" not in ref or ref.startswith("sha256:"):
+            r = client.run("image", "inspect", "--format", "{{len .RepoTags}}", ref, timeout=30)
+            if r.returncode != 0 or r.stdout.strip() != "0":
+                continue
+        client.run("image", "rm", ref, timeout=120)
+
+
+def bridge_gateway(client: DockerClient) -> str | None:
+    """The host's address on the default bridge (docker0). Docker 20.10 does not list the
+    gateway of the default bridge; it is then the first address of the subnet."""
+    r = client.run("network", "inspect", "bridge", "--format", "{{json .IPAM.Config}}", timeout=30)
+    try:
+        configs = json.loads(r.stdout or "null") or []
+    except ValueError:
+        configs = []
+    for cfg in configs:
+        if cfg.get("Gateway"):
+            return cfg["Gateway"]
+        try:
+            net = ipaddress.ip_network(cfg.get("Subnet", ""), strict=False)
+        except ValueError:
+            continue
+        if net.version == 4:
+            return str(next(net.hosts()))
+    return None
+
+
+def can_bind(host: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+        return True
+    except OSError:
+        return False
+
+
+def simulator_host_for_containers(client: DockerClient) -> str:
+    """Where to run the simulator so a container can reach it as host.docker.internal.
+
+    On a Linux engine the gateway of the default bridge is a local interface of the host
+    (not reachable from outside the machine); Docker Desktop forwards host.docker.internal
+    to the host's loopback instead."""
+    gw = bridge_gateway(client)
+    if gw and can_bind(gw):
+        return gw
+    return "127.0.0.1"
+
+
+def inspect(client: DockerClient, ref: str, kind: str = "container") -> dict:
+    r = client.run(kind, "inspect", ref, timeout=30)
+    try:
+        data = json.loads(r.stdout)
+        return data[0] if data else {}
+    except ValueError:
+        return {}

