@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# 단계 01 채점에 필요한 Docker 엔진(Debian docker.io)과 debootstrap(로컬 베이스 이미지용)을 설치합니다.
+# 이미 있으면 아무것도 하지 않습니다.
+set -euo pipefail
+need=()
+[ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || need+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+if [ ${#need[@]} -eq 0 ]; then
+  echo "docker.io, debootstrap: 이미 설치됨"
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${need[@]}" >/dev/null
+echo "설치함: ${need[*]}"
