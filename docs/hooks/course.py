@@ -323,11 +323,11 @@ def m_checks(page, step_key: str) -> str:
     p = _pages_of(step_key)
     if not p.step.checks:
         return '!!! note "채점 항목 준비 중"\n    이 단계의 채점 항목은 아직 작성 중입니다.\n'
-    rows = ["| 채점 항목 (check id) | 체크리스트 | 확인하는 것 | 힌트 |", "|---|---|---|---|"]
+    rows = ["| 채점 항목 | 확인하는 것 | 힌트 |", "|---|---|---|"]
     for c in p.step.checks:
         item = m.item(c.item)
         link = f"[{item.group}: {_cell(item.title)}]({_rel(page, 'checklist.md')}#{_item_anchor(item)})"
-        rows.append(f"| `{c.id}` | {link} | {_cell(c.title)} | {_hint_with_link(page, p, c.hint)} |")
+        rows.append(f"| `{c.id}`<br>{link} | {_cell(c.title)} | {_hint_with_link(page, p, c.hint)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -419,42 +419,34 @@ def m_grade(page, step_key: str) -> str:
 
 
 ARCHITECTURE = {
-    "common": """\
-    G["채점기<br/>pytest grader"]
-    S[("Gemini 시뮬레이터<br/>127.0.0.1:PORT<br/>/_sim/stats")]
-    R["Google Gemini API<br/>(실제 키, 선택)"]""",
     "step01": """\
-flowchart LR
-    subgraph PC["내 컴퓨터"]
-        G["채점기<br/>pytest grader -k step01"]
-        H["hadolint"]
-        subgraph D["Docker 엔진"]
-            C["컨테이너 my-llm-app<br/>uvicorn main:app :8000<br/>USER app"]
-        end
-        S[("Gemini 시뮬레이터<br/>127.0.0.1:PORT")]
+flowchart TB
+    G["채점기<br/>pytest grader -k step01"]
+    H["hadolint<br/>Dockerfile 린트"]
+    subgraph D["Docker 엔진"]
+        C["컨테이너 my-llm-app<br/>uvicorn main:app :8000 · USER app<br/>HEALTHCHECK /health"]
     end
+    S[("Gemini 시뮬레이터<br/>127.0.0.1:PORT")]
     R["Google Gemini API<br/>(실제 키, 선택)"]
-    G -->|"Dockerfile 린트"| H
-    G -->|"docker build / run -e ..."| D
-    G -->|"GET /health, POST /chat"| C
+    G -->|"정적 검사"| H
+    G -->|"docker build · run -e · stop"| D
+    G -->|"GET /health · POST /chat"| C
     C -->|"generateContent<br/>GOOGLE_GEMINI_BASE_URL"| S
     C -.->|"COURSE_USE_REAL_GEMINI=1"| R
 """,
     "step02": """\
-flowchart LR
-    subgraph PC["내 컴퓨터 (127.0.0.1)"]
-        G["채점기<br/>pytest grader -k step02"]
-        L["Locust (headless)<br/>동시 사용자 50명"]
-        subgraph SV["학습자 서비스: uvicorn main:app"]
-            A["FastAPI<br/>POST /chat · GET /health<br/>X-API-Key, 검증, 오류 변환"]
-            C["ChatGoogleGenerativeAI<br/>timeout · max_retries"]
-            A -->|"await ainvoke"| C
-        end
-        S[("Gemini 시뮬레이터<br/>장애 주입 429/5xx/지연<br/>/_sim/stats")]
+flowchart TB
+    G["채점기<br/>pytest grader -k step02"]
+    L["Locust (headless)<br/>동시 사용자 50명"]
+    subgraph SV["학습자 서비스 · uvicorn main:app"]
+        A["FastAPI<br/>POST /chat · GET /health<br/>X-API-Key · 검증 · 오류 변환"]
+        C["ChatGoogleGenerativeAI<br/>timeout · max_retries"]
+        A -->|"await ainvoke"| C
     end
+    S[("Gemini 시뮬레이터<br/>장애 주입 429 · 5xx · 멈춤<br/>/_sim/stats")]
     R["Google Gemini API<br/>(실제 키, 선택)"]
     G -->|"HTTP 계약 검사"| A
-    G -->|"부하 시나리오 실행"| L
+    G -->|"부하 시나리오"| L
     L -->|"POST /chat"| A
     C -->|"generateContent"| S
     G -.->|"PATCH /_sim/config<br/>GET /_sim/stats"| S
