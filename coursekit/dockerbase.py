@@ -215,10 +215,10 @@ def base_images_of(dockerfile: Path) -> list[str]:
 # ---------------------------------------------------------------------------
 # host facts
 # ---------------------------------------------------------------------------
-def debian_mirror(suite: str = SUITE) -> str:
+def debian_mirror(suite: str = SUITE, root: Path = Path("/")) -> str:
     """The Debian mirror apt on this host uses (deb822 .sources or one-line .list)."""
-    files = [Path("/etc/apt/sources.list")]
-    d = Path("/etc/apt/sources.list.d")
+    files = [root / "etc/apt/sources.list"]
+    d = root / "etc/apt/sources.list.d"
     if d.is_dir():
         files += sorted(p for p in d.iterdir() if p.suffix in (".list", ".sources"))
     for f in files:
