@@ -36,7 +36,7 @@ class ChatUser(HttpUser):
         # 서비스와 같은 SERVICE_API_KEY 를 환경 변수로 넘기세요 (.env 는 Locust 가 읽지 않습니다).
         self.headers = {"X-API-Key": os.environ.get("SERVICE_API_KEY", "")}
 
-    @task
+    @task(5)  # 질문 5번에 헬스 체크 1번 꼴
     def chat(self):
         with self.client.post(
             "/chat",
