@@ -136,6 +136,7 @@ def on_config(config):
 
     toc_cfg = config.mdx_configs.get("toc", {})
     slugify = toc_cfg.get("slugify")
+    _state["slugify"] = slugify
     if slugify is not None:
         _patch_notebook_slugs(slugify)
 
@@ -310,11 +311,40 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _notebook_sections(p: StepPages) -> dict[str, str]:
+    """'§N' -> anchor of the lesson heading that starts with it (e.g. '§2 요청/응답 모델')."""
+    slugify = _state.get("slugify")
+    if p.notebook is None or slugify is None:
+        return {}
+    import json
+
+    sections: dict[str, str] = {}
+    cells = json.loads(p.notebook.read_text(encoding="utf-8")).get("cells", [])
+    for cell in cells:
+        if cell.get("cell_type") != "markdown":
+            continue
+        for line in "".join(cell.get("source", [])).splitlines():
+            m = re.match(r"^#{1,3}\s+(§\s*(\d+)\b.*)$", line.strip())
+            if m:
+                text = re.sub(r"[`*_]", "", m.group(1)).strip()
+                sections.setdefault(f"§{m.group(2)}", slugify(text, "-"))
+    return sections
+
+
 def _hint_with_link(page, p: StepPages, hint: str) -> str:
+    """The manifest's hint, its leading 'lesson.ipynb §N' turned into a link to that section."""
     name = p.step.notebook
-    if hint.startswith(name):
-        return f"[레슨]({_rel(page, p.lesson_uri)}){_cell(hint[len(name):])}"
-    return _cell(hint)
+    if not hint.startswith(name):
+        return _cell(hint)
+    rest = hint[len(name):]
+    target = _rel(page, p.lesson_uri)
+    m = re.match(r"\s*(§\s*(\d+))", rest)
+    if m:
+        anchor = _notebook_sections(p).get(f"§{m.group(2)}")
+        if anchor:
+            label = f"레슨 {m.group(1)}"
+            return f"[{label}]({target}#{anchor}){_cell(rest[m.end():])}"
+    return f"[레슨]({target}){_cell(rest)}"
 
 
 def m_checks(page, step_key: str) -> str:
