@@ -35,6 +35,8 @@ def pytest_addoption(parser):
                     help="단계별, 항목별 결과와 측정값을 JSON 으로 저장")
     group.addoption("--checks", default=None, metavar="ID[,ID...]",
                     help="이 채점 항목만 실행 (예: step02.auth,step02.validation)")
+    group.addoption("--first-failure-only", action="store_true",
+                    help="한 항목이 실패하면 그 항목의 나머지 경우는 건너뜀 (유지보수자 메타테스트용, 빠름)")
 
 
 def pytest_configure(config):
@@ -131,6 +133,8 @@ def pytest_runtest_setup(item):
     cid = _check_id(item)
     if cid:
         harness._set_current(item.config._grader["measured"][cid])
+        if item.config.getoption("--first-failure-only") and "failed" in item.config._grader["results"].get(cid, []):
+            pytest.skip(f"{cid} 는 이미 실패했습니다")
 
 
 def pytest_runtest_teardown(item, nextitem):

@@ -392,7 +392,11 @@ def test_runtime_config(docker, built, container, docker_sim):
         r = httpx.post(f"{container.base_url}/chat", params={"message": QUESTION}, timeout=30)
     except httpx.HTTPError as exc:
         fail(expected="POST /chat 200", measured=f"연결 오류: {type(exc).__name__}", detail=container.logs())
-    if r.status_code != 200 or not str(r.json().get("response", "")).strip():
+    try:
+        answer = r.json().get("response", "") if r.status_code == 200 else ""
+    except (ValueError, AttributeError):
+        answer = ""
+    if r.status_code != 200 or not str(answer).strip():
         fail(expected="POST /chat?message=... → 200 과 response", measured=f"HTTP {r.status_code} {r.text[:160]}",
              detail="컨테이너 로그:\n" + container.logs())
     after = docker_sim.stats().get("by_key", {}).get(GOOGLE_KEY, 0)

@@ -162,8 +162,8 @@ def test_validation(service, sim):
         "message 필드 없음": {},
         "알 수 없는 필드": {"message": "안녕", "admin": True},
         "JSON 이 아닌 본문": b"not json {",
-        "1 MiB 본문": json.dumps({"message": "가" * (1024 * 1024 // 3)}).encode(),
     }
+    huge = json.dumps({"message": "가" * (1024 * 1024 // 3)}).encode()  # ~1 MiB
     sim.reset()
     seen, bad = {}, []
     for name, payload in cases.items():
@@ -171,11 +171,15 @@ def test_validation(service, sim):
         seen[name] = r.status_code
         if not 400 <= r.status_code < 500:
             bad.append(f"{name} -> {r.status_code}")
+    r = post_chat(service, huge)
+    seen["1 MiB 본문"] = r.status_code
+    if r.status_code != 413:
+        bad.append(f"1 MiB 본문 -> {r.status_code} (413 이어야 함: 본문 크기 상한 64 KiB)")
     calls = upstream_calls(sim)
     record("statuses", seen)
     record("upstream_calls", calls)
     if bad:
-        fail(expected="잘못된 입력은 모두 4xx (422, 큰 본문은 413), 5xx 나 200 은 없음",
+        fail(expected="잘못된 입력은 모두 4xx (형식 오류 422, 64 KiB 넘는 본문 413), 5xx 나 200 은 없음",
              measured=", ".join(bad), detail="전체 결과: " + ", ".join(f"{k}={v}" for k, v in seen.items()))
     if calls:
         fail(expected="잘못된 입력으로는 LLM 을 호출하지 않음", measured=f"업스트림 호출 {calls}번")
@@ -217,7 +221,7 @@ UPSTREAM_CASES = {
     "429": ({"error_429_rate": 1.0}, 503, "upstream_rate_limited", "업스트림 429 (RESOURCE_EXHAUSTED)"),
     "500": ({"error_500_rate": 1.0}, 502, "upstream_error", "업스트림 500"),
     "503": ({"error_503_rate": 1.0}, 502, "upstream_error", "업스트림 503 (UNAVAILABLE)"),
-    "timeout": ({"hang_rate": 1.0, "hang_seconds": 10.0}, 504, "upstream_timeout",
+    "timeout": ({"hang_rate": 1.0, "hang_seconds": 6.0}, 504, "upstream_timeout",
                 f"업스트림 응답 없음 (LLM_TIMEOUT_SECONDS={LLM_TIMEOUT_SECONDS})"),
 }
 
@@ -271,6 +275,11 @@ def test_retry_bound(service, sim):
 
 # --------------------------------------------------------------------------- load
 def _load(simulator, service, users: int, seconds: int):
+    # 요청 하나도 성공하지 못하는 서비스에 부하를 거는 것은 의미가 없습니다: 먼저 계약을 확인합니다.
+    probe = post_chat(service, {"message": QUESTION})
+    if probe.status_code != 200:
+        fail(expected=f"부하 테스트 전 확인 요청 POST /chat -> 200", measured=short(probe),
+             detail="먼저 POST /chat 계약(JSON 본문, X-API-Key)을 구현하세요. 부하 테스트는 그 다음입니다.")
     simulator.configure(latency="realistic")
     try:
         return run_locust("chat.py", service.base_url, users=users, spawn_rate=users, run_time_s=seconds,

@@ -110,7 +110,8 @@ def test_known_wrong_solution_is_rejected(step, mutant, tmp_path):
     checks = [mutant["check"], *mutant.get("also", [])]
     for cid in checks:
         assert m.check(cid).step == step.id
-    rc, report, out = run_grader(tmp_path, "--target", str(target), "--checks", ",".join(checks))
+    rc, report, out = run_grader(tmp_path, "--target", str(target), "--checks", ",".join(checks),
+                                 "--first-failure-only")
     got = outcomes(report, step.id)
     for cid in checks:
         assert cid in got, f"{mutant['name']}: {cid} 가 실행되지 않았습니다\n{out[-3000:]}"
