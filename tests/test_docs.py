@@ -28,7 +28,7 @@ from coursekit import manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
-BUILD_TIMEOUT_S = 900
+BUILD_TIMEOUT_S = 540  # below pytest-timeout (600 s, pyproject.toml)
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
