@@ -34,6 +34,42 @@ from coursekit import manifest as course_manifest
 log = logging.getLogger("mkdocs.hooks.course")
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Mermaid is not committed (third-party code): it is taken from the npm registry's package at
+# build time into .course/ (git-ignored) and served from the site, so pages make no external
+# request. Without npm the site falls back to mkdocs-material's default (the unpkg CDN).
+MERMAID_VERSION = "11.17.2"
+MERMAID_URI = "assets/vendor/mermaid/mermaid.min.js"
+MERMAID_CACHE = ROOT / ".course" / "vendor" / f"mermaid-{MERMAID_VERSION}" / "mermaid.min.js"
+
+
+def ensure_mermaid() -> Path | None:
+    """Local copy of mermaid.min.js (downloaded once with `npm pack`), or None."""
+    if MERMAID_CACHE.exists():
+        return MERMAID_CACHE
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+
+    npm = shutil.which("npm")
+    if npm is None or os.environ.get("COURSE_DOCS_MERMAID_CDN") == "1":
+        return None
+    with tempfile.TemporaryDirectory(prefix="mermaid-") as tmp:
+        try:
+            subprocess.run([npm, "pack", f"mermaid@{MERMAID_VERSION}", "--silent"], cwd=tmp, check=True,
+                           capture_output=True, timeout=180)
+            with tarfile.open(Path(tmp) / f"mermaid-{MERMAID_VERSION}.tgz") as tar:
+                member = tar.extractfile("package/dist/mermaid.min.js")
+                data = member.read() if member else b""
+        except (subprocess.SubprocessError, OSError, tarfile.TarError, KeyError) as exc:
+            log.info("Mermaid 를 npm 에서 받지 못해 CDN 을 씁니다: %s", exc)
+            return None
+    if not data:
+        return None
+    MERMAID_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    MERMAID_CACHE.write_bytes(data)
+    return MERMAID_CACHE
 DOCS = ROOT / "docs"
 STEPS_SECTION = "단계별 실습"
 SIM_API_KEY = "docs-build-dummy-key"
@@ -141,6 +177,10 @@ def on_config(config):
         _patch_notebook_slugs(slugify)
 
     config.nav = _expand_nav(config.nav, _state["plan"])
+
+    _state["mermaid"] = ensure_mermaid()
+    if _state["mermaid"] is not None and MERMAID_URI not in [str(j) for j in config.extra_javascript]:
+        config.extra_javascript.append(MERMAID_URI)
     return config
 
 
@@ -185,6 +225,8 @@ def on_files(files: Files, config):
             files.append(File.generated(config, p.lesson_uri, content=_planned_lesson(p)))
         if not p.exercise_written:
             files.append(File.generated(config, p.exercise_uri, content=_generated_exercise(p)))
+    if _state.get("mermaid") is not None:
+        files.append(File.generated(config, MERMAID_URI, abs_src_path=str(_state["mermaid"])))
     return files
 
 
@@ -206,7 +248,7 @@ NOTEBOOK_ELK_CDN = re.compile(r'const elkUrl = "https://cdnjs\.cloudflare\.com/[
 def on_post_page(output: str, page, config):
     # nbconvert's template loads Mermaid for notebook Markdown cells from cdnjs; use the copy
     # that the site already ships (extra_javascript), so notebook pages make no external request.
-    if page.file.src_uri.endswith(".ipynb"):
+    if page.file.src_uri.endswith(".ipynb") and _state.get("mermaid") is not None:
         output = NOTEBOOK_MERMAID_CDN.sub("window.mermaid", output)
         output = NOTEBOOK_ELK_CDN.sub('const elkUrl = "";', output)
     return output
