@@ -391,7 +391,9 @@ def test_runtime_config(docker, built, container, docker_sim):
     try:
         r = httpx.post(f"{container.base_url}/chat", params={"message": QUESTION}, timeout=30)
     except httpx.HTTPError as exc:
-        fail(expected="POST /chat 200", measured=f"연결 오류: {type(exc).__name__}", detail=container.logs())
+        fail(expected="POST /chat 200", measured=f"연결 오류: {type(exc).__name__}",
+             detail=f"컨테이너가 호스트의 시뮬레이터(host.docker.internal:{docker_sim.port}, 호스트 쪽 주소 "
+                    f"{docker_sim.host})에 닿는지 확인하세요 (방화벽 등).\n컨테이너 로그:\n" + container.logs())
     try:
         answer = r.json().get("response", "") if r.status_code == 200 else ""
     except (ValueError, AttributeError):
