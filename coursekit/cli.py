@@ -102,6 +102,14 @@ def _save_state(state: dict) -> None:
     STATE_FILE.write_text(json.dumps(state, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
+def pad(text: str, width: int) -> str:
+    """Left-justify by display width (Korean syllables take two terminal columns)."""
+    import unicodedata
+
+    cols = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    return text + " " * max(0, width - cols)
+
+
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = round(width * done / total) if total else 0
     return "█" * filled + "░" * (width - filled)
@@ -115,12 +123,12 @@ def print_progress(state: dict, m: manifest.Manifest | None = None) -> None:
     for s in m.steps:
         st = state.get(s.id)
         if s.status != "ready":
-            print(f"  {s.id}  {s.title:<28} 준비 중")
+            print(f"  {s.id}  {pad(s.title, 32)} 준비 중")
             continue
         passed = st["passed"] if st else 0
         done_checks += passed
         mark = "✅" if st and passed == len(s.checks) else ("▶ " if st else "  ")
-        print(f"  {s.id}  {s.title:<28} {_bar(passed, len(s.checks), 10)} {passed}/{len(s.checks)} {mark}")
+        print(f"  {s.id}  {pad(s.title, 32)} {_bar(passed, len(s.checks), 10)} {passed}/{len(s.checks)} {mark}")
     print(f"  전체 {_bar(done_checks, total_checks)} {done_checks}/{total_checks} 항목")
 
 
@@ -145,13 +153,14 @@ def _cmd_grade(args) -> int:
     with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
         report_path = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "grader"), "-p", "no:cacheprovider",
-               "--grade-report", str(report_path), "-q", "--no-header"]
+               "-p", "pytest_timeout", "--grade-report", str(report_path), "-q", "--no-header"]
         if args.step:
             cmd += ["-k", steps[0].id]
         if args.target:
             cmd += ["--target", str(Path(args.target).resolve())]
         cmd += args.pytest_args
-        rc = subprocess.call(cmd, cwd=REPO_ROOT)
+        # The grader needs no other pytest plugin; skipping their imports saves seconds per run.
+        rc = subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
         report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {"steps": {}}
     if not args.target:
         state = _load_state()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from coursekit import REPO_ROOT, manifest
+from coursekit.cli import pad
 
 from . import harness
 
@@ -256,7 +257,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         if it["group"] != group:
             group = it["group"]
             tr.write_line(f"[{group}]")
-        tr.write_line(f"  {OUTCOME_ICON[it['outcome']]} {it['title']:<24} {OUTCOME_KO[it['outcome']]}")
+        tr.write_line(f"  {OUTCOME_ICON[it['outcome']]} {pad(it['title'], 26)} {OUTCOME_KO[it['outcome']]}")
     failed = [(cid, c) for s in report["steps"].values() for cid, c in s["checks"].items() if c["outcome"] == "failed"]
     if failed:
         tr.write_line("")
