@@ -184,15 +184,14 @@ def pytest_runtest_makereport(item, call):
 
 
 def _aggregate(outcomes: list[str]) -> str:
+    """One outcome for several: any failure fails; all passed passes; otherwise skipped."""
     if not outcomes:
         return "not_graded"
     if "failed" in outcomes:
         return "failed"
-    if all(o == "skipped" for o in outcomes):
-        return "skipped"
-    if "skipped" in outcomes:
-        return "skipped"
-    return "passed"
+    if all(o == "passed" for o in outcomes):
+        return "passed"
+    return "skipped"
 
 
 def _build_report(config) -> dict:
@@ -220,7 +219,7 @@ def _build_report(config) -> dict:
     checklist = {}
     for it in m.checklist:
         outcomes = [graded[c.id] for c in m.checks if c.item == it.id and c.id in graded]
-        checklist[it.id] = {"group": it.group, "title": it.title, "outcome": _aggregate_items(outcomes)}
+        checklist[it.id] = {"group": it.group, "title": it.title, "outcome": _aggregate(outcomes)}
     return {
         "course": m.title,
         "target": str(_target(config)),
@@ -229,18 +228,6 @@ def _build_report(config) -> dict:
         "steps": steps,
         "checklist": checklist,
     }
-
-
-def _aggregate_items(outcomes: list[str]) -> str:
-    if not outcomes:
-        return "not_graded"
-    if "failed" in outcomes:
-        return "failed"
-    if all(o == "passed" for o in outcomes):
-        return "passed"
-    if "passed" in outcomes:
-        return "passed" if all(o in ("passed", "not_graded") for o in outcomes) else "skipped"
-    return "skipped"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
