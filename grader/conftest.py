@@ -231,9 +231,16 @@ def _build_report(config) -> dict:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    report = _build_report(config)
+    path = config.getoption("--grade-report")
+    if path:
+        out = Path(path)
+        if not out.is_absolute():
+            out = Path(config.invocation_params.dir) / out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     if not config._grader["results"]:
         return
-    report = _build_report(config)
     tr = terminalreporter
     tr.section("프로덕션 체크리스트 점수표", sep="=")
     tr.write_line(f"채점 대상: {report['target']}")
@@ -252,11 +259,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         cid, c = failed[0]
         tr.write_line(f"  {cid} — {c['title']}")
         tr.write_line(f"  {c['hint']}")
-    path = config.getoption("--grade-report")
     if path:
-        out = Path(path)
-        if not out.is_absolute():
-            out = Path(config.invocation_params.dir) / out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
         tr.write_line(f"JSON 보고서: {out}")

@@ -123,3 +123,17 @@ def test_known_wrong_solution_is_rejected(step, mutant, tmp_path):
             f"알려진 오답 '{mutant['name']}' 을(를) {cid} 가 잡지 못했습니다: {got[cid]}\n{out[-3000:]}"
         )
         assert not any(UNEXPECTED in msg for msg in got[cid]["messages"]), got[cid]["messages"]
+
+
+def test_unknown_check_id_is_a_usage_error(tmp_path):
+    rc, _, out = run_grader(tmp_path, "--checks", "step02.nope")
+    assert rc == 4 and "매니페스트에 없는 채점 항목" in out
+
+
+def test_missing_step_folder_fails_with_korean_message_and_report(tmp_path):
+    rc, report, out = run_grader(tmp_path, "--target", str(tmp_path / "empty"), "--checks", "step02.auth")
+    assert rc == 1
+    check = report["steps"]["step02"]["checks"]["step02.auth"]
+    assert check["outcome"] == "failed" and any("폴더가 없습니다" in m for m in check["messages"])
+    assert report["checklist"]["sec.apikey"]["outcome"] == "failed"
+    assert report["checklist"]["perf.caching"]["outcome"] == "not_graded"
