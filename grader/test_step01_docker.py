@@ -442,7 +442,10 @@ def test_rebuild_after_code_change_uses_cache(docker, built, build_context):
         with open(main, "a", encoding="utf-8") as fh:
             fh.write(f"\n# grader: 앱 코드만 바뀐 재빌드 {RUN_ID}\n")
     result = ds.docker_build(docker, build_context, REBUILD_TAG, timeout=BUILD_TIMEOUT_S, labels=LABELS)
-    built["made"].insert(0, REBUILD_TAG)
+    # The rebuild's context is unique to this run (RUN_ID above, so an earlier run's cache
+    # cannot make it pass); layers only it produced are removed too, or they would pile up.
+    first = set(built["result"].layer_ids)
+    built["made"][:0] = [REBUILD_TAG, *reversed([i for i in result.layer_ids if i not in first])]
     record("rebuild_seconds", round(result.seconds, 1))
     if not result.ok:
         fail(expected="재빌드 성공", measured="빌드 실패", detail=result.tail(15))
