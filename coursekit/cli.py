@@ -251,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["docker-base"]:  # its own parser, flags included
+        from . import dockerbase
+
+        return int(dockerbase.main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

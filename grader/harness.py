@@ -106,7 +106,8 @@ def require_tool(name: str, reason: str, available: bool | None = None) -> None:
     ok = shutil.which(name) is not None if available is None else available
     if ok:
         return
-    note = f"{name} 이(가) 없어 이 항목을 건너뜁니다: {reason}"
+    what = "없어" if available is None else "사용할 수 없어"
+    note = f"{name} 을(를) {what} 이 항목을 건너뜁니다: {reason}"
     if tools_required():
         pytest.fail(f"[CI] {note} (COURSE_REQUIRE_TOOLS=1 에서는 건너뛸 수 없습니다)", pytrace=False)
     pytest.skip(note)

@@ -157,3 +157,8 @@ def test_course_lab_notebook_gets_korean_answer_without_user_key(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def test_docker_base_flags_reach_its_own_parser():
+    r = run("docker-base", "--help")
+    assert r.returncode == 0 and "usage" in r.stdout.lower(), r.stdout + r.stderr
