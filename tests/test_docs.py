@@ -302,7 +302,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def served_site(site):
     if not (site / "assets" / "vendor" / "mermaid" / "mermaid.min.js").exists():
         reason = ("npm 이 없어 Mermaid 를 사이트에 포함하지 못했습니다 (CDN 사용). 외부 요청이 없어야 하는 "
@@ -338,7 +338,9 @@ def served_site(site):
             proc.wait(timeout=5)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in this thread until it stops,
+# which would break later test modules that call asyncio.run().
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory):
     chromium = _require_chromium()
     from playwright.sync_api import sync_playwright
