@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 grade: $(STAMP)
-	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(BIN)/python -m pytest -p pytest_timeout grader
+	$(BIN)/python -m pytest grader
 
 docs: $(STAMP)
 	$(BIN)/mkdocs serve

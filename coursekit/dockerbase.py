@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .dockerfile import parse_dockerfile
+
 __all__ = [
     "DEFAULT_IMAGE",
     "SUPPORTED_IMAGES",
@@ -179,37 +181,9 @@ def image_exists(image: str, client: DockerClient | None = None) -> bool:
     return client is not None and client.run("image", "inspect", image, timeout=30).returncode == 0
 
 
-# ---------------------------------------------------------------------------
-# Dockerfile FROM lines (small: the grader has the full parser)
-# ---------------------------------------------------------------------------
 def base_images_of(dockerfile: Path) -> list[str]:
     """External base images named by FROM lines (stage names and `scratch` left out)."""
-    text = Path(dockerfile).read_text(encoding="utf-8")
-    text = re.sub(r"\\\r?\n", " ", text)
-    args: dict[str, str] = {}
-    stages: set[str] = set()
-    images: list[str] = []
-    for line in text.splitlines():
-        parts = line.strip().split()
-        if not parts or parts[0].startswith("#"):
-            continue
-        keyword = parts[0].upper()
-        if keyword == "ARG" and not stages and not images:
-            for item in parts[1:]:
-                name, _, value = item.partition("=")
-                args[name] = value.strip("\"'")
-        elif keyword == "FROM":
-            words = [w for w in parts[1:] if not w.startswith("--")]
-            if not words:
-                continue
-            image = re.sub(
-                r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), words[0]
-            )
-            if len(words) >= 3 and words[1].upper() == "AS":
-                stages.add(words[2].lower())
-            if image.lower() not in stages and image != "scratch" and image not in images:
-                images.append(image)
-    return images
+    return parse_dockerfile(Path(dockerfile).read_text(encoding="utf-8")).external_images()
 
 
 # ---------------------------------------------------------------------------

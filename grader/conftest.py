@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 from collections import defaultdict
 from pathlib import Path

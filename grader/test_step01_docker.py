@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from coursekit import dockerbase
+from coursekit import dockerfile as dockerfile_parser
 from grader import docker_support as ds
 from grader.harness import check, fail, record, require_tool, wait_until
 
@@ -67,14 +68,14 @@ def dockerfile_path(step_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dockerfile(dockerfile_path) -> ds.Dockerfile:
-    parsed = ds.parse_dockerfile(dockerfile_path.read_text(encoding="utf-8"))
+def dockerfile(dockerfile_path) -> dockerfile_parser.Dockerfile:
+    parsed = dockerfile_parser.parse_dockerfile(dockerfile_path.read_text(encoding="utf-8"))
     if not parsed.stages:
         fail(expected="FROM 으로 시작하는 Dockerfile", measured="FROM 이 없습니다")
     return parsed
 
 
-def where(ins: ds.Instruction) -> str:
+def where(ins: dockerfile_parser.Instruction) -> str:
     text = f"{ins.keyword} {ins.value}"
     return f"{ins.line}번째 줄 `{text[:90]}{'…' if len(text) > 90 else ''}`"
 
@@ -127,7 +128,7 @@ def test_base_image_pinned(dockerfile):
 def test_dependencies_before_code(dockerfile):
     installs = 0
     problems = []
-    code_copied: dict[int, ds.Instruction | None] = {}
+    code_copied: dict[int, dockerfile_parser.Instruction | None] = {}
     for stage in dockerfile.stages:
         parent = dockerfile.stage_named(stage.image)
         copied = code_copied.get(parent.index) if parent is not None and parent.index < stage.index else None
@@ -153,11 +154,11 @@ def test_no_secrets_in_dockerfile(dockerfile, dockerfile_path):
     problems = []
     for ins in dockerfile.instructions:
         if ins.keyword == "ENV":
-            for name, value in ds.env_pairs(ins):
+            for name, value in dockerfile_parser.env_pairs(ins):
                 if ds.secret_like(name) and value:
                     problems.append(f"{ins.line}번째 줄 ENV {name}=… (값이 이미지에 영구히 남습니다)")
         elif ins.keyword == "ARG":
-            for name, value in ds.arg_pairs(ins):
+            for name, value in dockerfile_parser.arg_pairs(ins):
                 if ds.secret_like(name):
                     problems.append(f"{ins.line}번째 줄 ARG {name} (빌드 인자 값은 docker history 에 남습니다)")
     text = dockerfile_path.read_text(encoding="utf-8")
@@ -260,7 +261,7 @@ def built(docker, build_context):
     try:
         dockerfile = build_context / "Dockerfile"
         if dockerfile.is_file():
-            for image in ds.parse_dockerfile(dockerfile.read_text(encoding="utf-8")).external_images():
+            for image in dockerfile_parser.parse_dockerfile(dockerfile.read_text(encoding="utf-8")).external_images():
                 try:
                     state["base"][image] = dockerbase.ensure_base_image(image, docker)
                 except (RuntimeError, subprocess.SubprocessError) as exc:

@@ -7,17 +7,16 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 from coursekit import REPO_ROOT, cli, manifest
+from grader.harness import free_port
 
 COURSE = [sys.executable, "-m", "coursekit.cli"]
 
@@ -74,11 +73,6 @@ def test_progress_and_next_todo(capsys):
 
 
 # --------------------------------------------------------------------------- real lab
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 async def _execute(port: int, token: str, kernel_id: str, code: str, timeout: float = 60) -> str:
     from tornado.websocket import websocket_connect
@@ -113,7 +107,7 @@ async def _execute(port: int, token: str, kernel_id: str, code: str, timeout: fl
 
 
 def test_course_lab_notebook_gets_korean_answer_without_user_key(tmp_path):
-    port, token = _free_port(), uuid.uuid4().hex
+    port, token = free_port(), uuid.uuid4().hex
     env = {**os.environ, "JUPYTER_TOKEN": token, "GOOGLE_API_KEY": "users-real-key-must-not-be-used",
            "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
     env.pop("GOOGLE_GEMINI_BASE_URL", None)

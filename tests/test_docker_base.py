@@ -10,13 +10,14 @@ import pytest
 
 from coursekit import REPO_ROOT, dockerbase
 from coursekit.dockerbase import DockerClient
+from coursekit import dockerfile as dockerfile_parser
 from grader import docker_support as ds
 
 SOLUTION = REPO_ROOT / "solutions" / "01-docker"
 
 
 def test_parser_handles_continuations_stages_and_args():
-    df = ds.parse_dockerfile(
+    df = dockerfile_parser.parse_dockerfile(
         "# escape=\\\n"
         "ARG BASE=python:3.11-slim\n"
         "FROM ${BASE} AS build\n"
@@ -40,12 +41,12 @@ def test_parser_handles_continuations_stages_and_args():
 
 
 def test_backtick_escape_directive():
-    df = ds.parse_dockerfile("# escape=`\nFROM python:3.11-slim\nRUN echo a `\n    b\n")
+    df = dockerfile_parser.parse_dockerfile("# escape=`\nFROM python:3.11-slim\nRUN echo a `\n    b\n")
     assert df.final.instructions[0].value == "echo a b"
 
 
 def test_shell_form_is_not_json():
-    df = ds.parse_dockerfile("FROM x:1\nCMD uvicorn main:app\nENTRYPOINT [\"a\", 1]\n")
+    df = dockerfile_parser.parse_dockerfile("FROM x:1\nCMD uvicorn main:app\nENTRYPOINT [\"a\", 1]\n")
     assert df.final.last("CMD").json_args is None
     assert df.final.last("ENTRYPOINT").json_args is None  # not all strings
 
@@ -62,10 +63,10 @@ def test_image_reference(ref, expected):
 
 
 def test_env_and_arg_pairs():
-    df = ds.parse_dockerfile('FROM x:1\nENV A=1 B="two words"\nENV OLD some value\nARG TOKEN\nARG X=1\n')
-    env = [ds.env_pairs(i) for i in df.final.instructions if i.keyword == "ENV"]
+    df = dockerfile_parser.parse_dockerfile('FROM x:1\nENV A=1 B="two words"\nENV OLD some value\nARG TOKEN\nARG X=1\n')
+    env = [dockerfile_parser.env_pairs(i) for i in df.final.instructions if i.keyword == "ENV"]
     assert env == [[("A", "1"), ("B", "two words")], [("OLD", "some value")]]
-    args = [ds.arg_pairs(i) for i in df.final.instructions if i.keyword == "ARG"]
+    args = [dockerfile_parser.arg_pairs(i) for i in df.final.instructions if i.keyword == "ARG"]
     assert args == [[("TOKEN", None)], [("X", "1")]]
 
 
@@ -99,7 +100,7 @@ def test_solution_dockerignore_and_starter_rendering():
     assert not ig.excluded("main.py") and not ig.excluded("requirements.txt")
     starter = ds.DockerIgnore(render((SOLUTION / ".dockerignore").read_text(encoding="utf-8")))
     assert not starter.excluded(".env")
-    naive = ds.parse_dockerfile(render((SOLUTION / "Dockerfile").read_text(encoding="utf-8")))
+    naive = dockerfile_parser.parse_dockerfile(render((SOLUTION / "Dockerfile").read_text(encoding="utf-8")))
     assert naive.stages[0].image == "python:latest" and naive.final.last("CMD").json_args is None
     assert naive.final.last("USER") is None and naive.final.last("HEALTHCHECK") is None
 

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from coursekit import manifest
+from grader.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
@@ -296,11 +296,6 @@ def _require_chromium() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def served_site(site):
@@ -310,7 +305,7 @@ def served_site(site):
         if os.environ.get("COURSE_REQUIRE_TOOLS") == "1":
             pytest.fail(reason.replace("건너뜁니다", "실행할 수 없습니다 (COURSE_REQUIRE_TOOLS=1)"), pytrace=False)
         pytest.skip(reason)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
         stdout=subprocess.DEVNULL,

@@ -20,7 +20,7 @@ def test_lesson_notebook_runs(step, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_GEMINI_BASE_URL", "GOOGLE_API_KEY")}
     env["MPLBACKEND"] = "Agg"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+        [sys.executable, "-m", "pytest", "-p", "nbval", "--nbval-lax", "-p", "no:cacheprovider", "-q",
          "--nbval-cell-timeout", "300", "-o", f"cache_dir={tmp_path}", str(nb)],
         cwd=nb.parent, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
     )

@@ -110,15 +110,15 @@ class SimulatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> "SimulatorProcess":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     # ---- access -----------------------------------------------------------------
     @property

@@ -290,8 +290,7 @@ def _start_simulator():
         raise PluginError(
             f"레슨 노트북을 실행하려면 시뮬레이터(coursekit.simulator.SimulatorProcess)가 필요합니다: {exc}"
         ) from exc
-    sim = SimulatorProcess(seed=0)
-    sim.__enter__()
+    sim = SimulatorProcess(seed=0).start()
     _state["sim"] = sim
     keys = ("GOOGLE_GEMINI_BASE_URL", "GOOGLE_API_KEY", "COURSE_USE_REAL_GEMINI")
     _state["saved_env"] = {k: os.environ.get(k) for k in keys}
@@ -307,7 +306,7 @@ def _stop_simulator():
         return
     _state["sim"] = None
     try:
-        sim.__exit__(None, None, None)
+        sim.stop()
     finally:
         for k, v in (_state.pop("saved_env", None) or {}).items():
             if v is None:
@@ -496,7 +495,7 @@ flowchart TB
     G["채점기<br/>pytest grader -k step01"]
     H["hadolint<br/>Dockerfile 린트"]
     subgraph D["Docker 엔진"]
-        C["컨테이너 my-llm-app<br/>uvicorn main:app :8000 · USER app<br/>HEALTHCHECK /health"]
+        C["컨테이너 my-llm-app<br/>uvicorn main:app :8000 · USER 10001 (root 아님)<br/>HEALTHCHECK /health"]
     end
     S[("Gemini 시뮬레이터<br/>127.0.0.1:PORT")]
     R["Google Gemini API<br/>(실제 키, 선택)"]
