@@ -41,7 +41,10 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "check(id): 이 테스트가 채점하는 매니페스트의 항목 id")
-    config._grader = {"results": defaultdict(list), "measured": defaultdict(dict), "messages": defaultdict(list)}
+    config._grader = {"results": defaultdict(list), "measured": defaultdict(dict), "messages": defaultdict(list),
+                      "hints": defaultdict(list), "blocked_by": defaultdict(list),
+                      # log path -> {"service": name, "checks": [check ids that failed while it ran]}
+                      "service_logs": {}}
 
 
 def _target(config) -> Path:
@@ -167,19 +170,43 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         exc = call.excinfo.value if call.excinfo else None
         header = f"[{cid}] {chk.title}  (체크리스트: {m.item(chk.item).group} > {m.item(chk.item).title})"
-        hint = f"힌트: {chk.hint}"
+        hint = chk.hint
         if isinstance(exc, harness.CheckFailed):
             msg = str(exc)
-            report.longrepr = f"{header}\n{msg}\n{hint}"
+            hint = exc.hint or chk.hint
+            if exc.blocked_by:
+                state["blocked_by"][cid].append(exc.blocked_by)
+            report.longrepr = f"{header}\n{msg}\n힌트: {hint}"
         elif call.excinfo is not None and call.excinfo.typename == "Failed":
             msg = str(exc)
-            report.longrepr = f"{header}\n{msg}\n{hint}"
+            report.longrepr = f"{header}\n{msg}\n힌트: {hint}"
         else:
             msg = f"채점 중 예상치 못한 오류: {call.excinfo.typename}: {exc}" if call.excinfo else "실패"
-            report.longrepr = f"{header}\n{msg}\n{hint}\n\n{report.longreprtext if hasattr(report, 'longreprtext') else ''}"
+            report.longrepr = f"{header}\n{msg}\n힌트: {hint}\n\n{report.longreprtext if hasattr(report, 'longreprtext') else ''}"
+        if report.when != "call" and _learner_failure(call):
+            # A learner's mistake found while preparing a check (in a fixture) is still a failed
+            # check, not a pytest ERROR: ERROR is kept for faults of the grader itself.
+            report.grader_failed = True
         state["messages"][cid].append(msg)
+        state["hints"][cid].append(hint)
+        # The services' logs are shown once per service at the end (not under every failure).
         for svc in harness.running_services():
-            report.sections.append((f"서비스 로그 ({svc.cwd.name}, 마지막 40줄)", svc.tail(40)))
+            entry = state["service_logs"].setdefault(str(svc.log_path), {"service": svc.name, "checks": []})
+            if cid not in entry["checks"]:
+                entry["checks"].append(cid)
+
+
+def _learner_failure(call) -> bool:
+    if call.excinfo is None:
+        return False
+    return isinstance(call.excinfo.value, harness.CheckFailed) or call.excinfo.typename == "Failed"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_report_teststatus(report, config):
+    if getattr(report, "grader_failed", False):
+        return "failed", "F", "FAILED"
+    return None
 
 
 def _aggregate(outcomes: list[str]) -> str:
@@ -203,13 +230,17 @@ def _build_report(config) -> dict:
         for c in s.checks:
             if c.id not in graded:
                 continue
+            hints = list(dict.fromkeys(state["hints"].get(c.id, [])))
             checks[c.id] = {
                 "title": c.title,
                 "item": c.item,
                 "outcome": graded[c.id],
                 "measured": state["measured"].get(c.id, {}),
                 "messages": state["messages"].get(c.id, []),
-                "hint": c.hint,
+                # The hint for what actually failed (a failure may carry its own); else the manifest's.
+                "hint": hints[0] if hints else c.hint,
+                "hints": hints,
+                "blocked_by": sorted(set(state["blocked_by"].get(c.id, []))),
             }
         if checks:
             done = sum(1 for v in checks.values() if v["outcome"] == "passed")
@@ -219,6 +250,8 @@ def _build_report(config) -> dict:
     for it in m.checklist:
         outcomes = [graded[c.id] for c in m.checks if c.item == it.id and c.id in graded]
         checklist[it.id] = {"group": it.group, "title": it.title, "outcome": _aggregate(outcomes)}
+    logs = [{"service": e["service"], "checks": e["checks"], "log_tail": _log_tail(Path(path))}
+            for path, e in state["service_logs"].items()]
     return {
         "course": m.title,
         "target": str(_target(config)),
@@ -226,7 +259,19 @@ def _build_report(config) -> dict:
         "python": platform.python_version(),
         "steps": steps,
         "checklist": checklist,
+        "service_logs": logs,
     }
+
+
+SERVICE_LOG_LINES = 40
+
+
+def _log_tail(path: Path, lines: int = SERVICE_LOG_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -241,6 +286,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not config._grader["results"]:
         return
     tr = terminalreporter
+    for entry in report["service_logs"]:
+        tr.section(f"서비스 로그: {entry['service']} (마지막 {SERVICE_LOG_LINES}줄)", sep="-")
+        tr.write_line("이 서비스가 실행되는 동안 실패한 항목: " + ", ".join(entry["checks"]))
+        tr.write_line(entry["log_tail"] or "(로그가 비어 있습니다)")
     tr.section("프로덕션 체크리스트 점수표", sep="=")
     tr.write_line(f"채점 대상: {report['target']}")
     for sid, s in report["steps"].items():
@@ -255,8 +304,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if failed:
         tr.write_line("")
         tr.write_line("다음에 할 일:")
-        cid, c = failed[0]
+        # A check that only failed because another one did is not where to start.
+        cid, c = next(((i, c) for i, c in failed if not c["blocked_by"]), failed[0])
         tr.write_line(f"  {cid} — {c['title']}")
         tr.write_line(f"  {c['hint']}")
     if path:
         tr.write_line(f"JSON 보고서: {out}")
+
+
+def pytest_unconfigure(config):
+    harness.remove_service_logs()

@@ -37,6 +37,7 @@ from coursekit import manifest
 
 __all__ = [
     "CheckFailed",
+    "blocked",
     "LocustResult",
     "Service",
     "check",
@@ -56,19 +57,44 @@ SCENARIOS = GRADER_DIR / "scenarios"
 
 # --------------------------------------------------------------------------- checks
 class CheckFailed(AssertionError):
-    """A check did not pass; its message is Korean and meant for the learner."""
+    """A check did not pass; its message is Korean and meant for the learner.
 
-    def __init__(self, expected: str, measured: str, detail: str | None = None):
+    `hint` (optional) is the hint for what actually failed; the report shows it instead of the
+    check's hint from the manifest. `blocked_by` names the check whose failure made this one
+    impossible to grade (see `blocked`).
+    """
+
+    def __init__(self, expected: str, measured: str, detail: str | None = None, *,
+                 hint: str | None = None, blocked_by: str | None = None):
         self.expected, self.measured, self.detail = expected, measured, detail
+        self.hint, self.blocked_by = hint, blocked_by
         lines = [f"기대: {expected}", f"측정: {measured}"]
         if detail:
             lines.append(detail)
         super().__init__("\n".join(lines))
 
 
-def fail(expected: str, measured: str, detail: str | None = None):
-    """Fail the current check with what was expected and what was measured."""
-    raise CheckFailed(expected, measured, detail)
+def fail(expected: str, measured: str, detail: str | None = None, *, hint: str | None = None):
+    """Fail the current check with what was expected and what was measured.
+
+    `hint` replaces the check's manifest hint for this failure (when the failure has a more
+    precise cause than the check as a whole, e.g. a missing Retry-After header)."""
+    raise CheckFailed(expected, measured, detail, hint=hint)
+
+
+def blocked(by: str, measured: str, detail: str | None = None):
+    """Fail the current check because its precondition, the check `by`, failed.
+
+    The message says which check must pass first, and the hint is that check's hint, so a
+    learner is sent to the real cause instead of this check's own advice."""
+    pre = manifest.load().check(by)
+    raise CheckFailed(
+        expected=f"먼저 `{by}` ({pre.title}) 가 통과해야 이 항목을 검사할 수 있습니다",
+        measured=measured,
+        detail=detail,
+        hint=f"`{by}` 부터 고치세요: {pre.hint}",
+        blocked_by=by,
+    )
 
 
 def check(check_id: str):
@@ -153,6 +179,8 @@ _SCRUBBED_ENV = (
 
 # Services started by the running test, so a failure can show their output.
 _started: list["Service"] = []
+# Every service log file of this process (removed by `remove_service_logs` at the end).
+_log_files: list[Path] = []
 
 
 @dataclass
@@ -165,6 +193,7 @@ class Service:
     log_path: Path
     cwd: Path
     env: dict[str, str] = field(default_factory=dict)
+    name: str = ""  # shown above its log in the report, e.g. "02-fastapi (부하 테스트용)"
 
     def output(self) -> str:
         try:
@@ -204,9 +233,11 @@ def run_service(
     env: dict[str, str] | None = None,
     app: str = "main:app",
     startup_timeout: float = 30.0,
+    name: str | None = None,
 ) -> Iterator[Service]:
     """Run `uvicorn main:app` in the step folder on a free loopback port, as the
-    notebook tells the learner to, and stop it (by PID) afterwards."""
+    notebook tells the learner to, and stop it (by PID) afterwards. `name` labels its log
+    in the report (default: the folder name)."""
     step_dir = Path(step_dir)
     if not (step_dir / (app.split(":")[0] + ".py")).is_file():
         fail(
@@ -214,13 +245,16 @@ def run_service(
             measured="파일이 없습니다",
         )
     port = free_port()
-    log = Path(tempfile.mkstemp(prefix=f"grader-{step_dir.name}-", suffix=".log")[1])
+    fd, log_name = tempfile.mkstemp(prefix=f"grader-{step_dir.name}-", suffix=".log")
+    os.close(fd)
+    log = Path(log_name)
+    _log_files.append(log)
     full_env = service_env(env or {})
     cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=step_dir, env=full_env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    svc = Service(f"http://127.0.0.1:{port}", port, proc, log, step_dir, env or {})
+    svc = Service(f"http://127.0.0.1:{port}", port, proc, log, step_dir, env or {}, name or step_dir.name)
     _started.append(svc)
     try:
         up = wait_until(lambda: _port_open(port) or proc.poll() is not None, startup_timeout)
@@ -241,6 +275,12 @@ def run_service(
 def running_services() -> list[Service]:
     """Services started by the grader that are still running (for failure reports)."""
     return list(_started)
+
+
+def remove_service_logs() -> None:
+    """Delete the log files of every service this process started (after the report used them)."""
+    while _log_files:
+        _log_files.pop().unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- locust

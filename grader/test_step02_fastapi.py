@@ -12,7 +12,7 @@ import secrets
 import httpx
 import pytest
 
-from grader.harness import check, fail, record, run_locust, run_service
+from grader.harness import blocked, check, fail, record, run_locust, run_service
 
 STEP = "step02"
 
@@ -49,7 +49,7 @@ def service_env(simulator, timeout_seconds: float) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def service(step_dir, simulator):
-    with run_service(step_dir, env=service_env(simulator, LLM_TIMEOUT_SECONDS)) as svc:
+    with run_service(step_dir, env=service_env(simulator, LLM_TIMEOUT_SECONDS), name=f"{step_dir.name} (기능 검사용)") as svc:
         yield svc
 
 
@@ -57,7 +57,8 @@ def service(step_dir, simulator):
 def load_service(step_dir, simulator):
     """A second instance for the load checks: with a 2 s timeout, the realistic latency tail
     (p99 about 3 s) would turn a few requests of a correct service into 504s."""
-    with run_service(step_dir, env=service_env(simulator, LOAD_TIMEOUT_SECONDS)) as svc:
+    with run_service(step_dir, env=service_env(simulator, LOAD_TIMEOUT_SECONDS),
+                     name=f"{step_dir.name} (부하 테스트용)") as svc:
         yield svc
 
 
@@ -110,8 +111,7 @@ def require_ok(svc):
     """A check that rejects bad input must also accept good input (else it proves nothing)."""
     r = post_chat(svc, {"message": QUESTION})
     if r.status_code != 200:
-        fail(expected='올바른 요청 {"message": "..."} 와 올바른 X-API-Key 에 200', measured=short(r),
-             detail="먼저 POST /chat 계약(JSON 본문, X-API-Key)을 구현하세요.")
+        blocked("step02.contract", measured=f'올바른 요청 {{"message": "..."}} 와 올바른 X-API-Key 에 {short(r)}')
     return r
 
 
@@ -260,11 +260,15 @@ def test_upstream_errors(service, sim, kind):
     ]
     if leaked:
         fail(expected="오류 본문에 스택 트레이스, SDK 예외 문구, 키 값이 없음",
-             measured="보인 것: " + ", ".join(leaked), detail=short(r, 300))
+             measured="보인 것: " + ", ".join(leaked), detail=short(r, 300),
+             hint="lesson.ipynb §5 '업스트림 오류 다루기' — 오류 메시지는 직접 쓴 한국어 문장으로 두고, "
+                  "`str(exc)` 나 트레이스는 응답이 아니라 서버 로그에만 남기세요.")
     if kind == "429":
         retry_after = r.headers.get("Retry-After", "")
         if not retry_after.isdigit():
-            fail(expected="503 응답에 Retry-After 헤더 (초, 정수)", measured=f"Retry-After={retry_after or '없음'}")
+            fail(expected="503 응답에 Retry-After 헤더 (초, 정수)", measured=f"Retry-After={retry_after or '없음'}",
+                 hint="lesson.ipynb §5 '업스트림 오류 다루기' — 429 를 503 으로 바꿀 때 "
+                      "`headers={\"Retry-After\": ...}` 를 붙이세요. 초는 Gemini 429 응답의 RetryInfo.retryDelay 에 있습니다.")
 
 
 @check("step02.retry_bound")
@@ -283,8 +287,7 @@ def test_retry_bound(service, sim):
     record("upstream_attempts", calls)
     record("limit", MAX_ATTEMPTS)
     if calls == 0:
-        fail(expected="POST /chat 이 LLM 을 호출 (업스트림 시도 1번 이상)",
-             measured=f"업스트림 호출 0번 (응답 {status})", detail="먼저 POST /chat 계약을 구현하세요.")
+        blocked("step02.contract", measured=f"POST /chat 이 LLM 을 한 번도 호출하지 않음 (응답 {status})")
     if calls > MAX_ATTEMPTS:
         fail(expected=f"업스트림이 계속 503 일 때 요청 하나당 시도 {MAX_ATTEMPTS}번 이하 (LLM_MAX_ATTEMPTS={MAX_ATTEMPTS})",
              measured=f"{calls}번 시도 (응답: {status})")
@@ -295,8 +298,8 @@ def _load(simulator, service, users: int, seconds: int):
     # 요청 하나도 성공하지 못하는 서비스에 부하를 거는 것은 의미가 없습니다: 먼저 계약을 확인합니다.
     probe = post_chat(service, {"message": QUESTION})
     if probe.status_code != 200:
-        fail(expected="부하 테스트 전 확인 요청 POST /chat -> 200", measured=short(probe),
-             detail="먼저 POST /chat 계약(JSON 본문, X-API-Key)을 구현하세요. 부하 테스트는 그 다음입니다.")
+        blocked("step02.contract", measured=f"부하 테스트 전 확인 요청 POST /chat -> {short(probe)}",
+                detail="요청 하나도 성공하지 못하는 서비스에는 부하 테스트를 하지 않습니다.")
     simulator.configure(latency="realistic")
     try:
         return run_locust("chat.py", service.base_url, users=users, spawn_rate=users, run_time_s=seconds,

@@ -135,3 +135,44 @@ def test_missing_step_folder_fails_with_korean_message_and_report(tmp_path):
     assert check["outcome"] == "failed" and any("폴더가 없습니다" in m for m in check["messages"])
     assert report["checklist"]["sec.apikey"]["outcome"] == "failed"
     assert report["checklist"]["perf.caching"]["outcome"] == "not_graded"
+
+
+# The outline's own "빠른 시작" service (the course's starting point, before step 02).
+OUTLINE_QUICK_START = '''\
+# FastAPI 서버
+from fastapi import FastAPI
+from langchain_google_genai import ChatGoogleGenerativeAI
+
+app = FastAPI()
+llm = ChatGoogleGenerativeAI(model="gemini-2.0-flash-exp")
+
+@app.post("/chat")
+async def chat(message: str):
+    response = llm.invoke(message)
+    return {"response": response.content}
+'''
+
+
+def test_outline_quick_start_fails_every_step02_check_without_errors(tmp_path):
+    """A learner's mistake found inside a fixture (the load checks' probe) is a FAILED check with
+    the Korean message, never a pytest ERROR; each service's log is shown once."""
+    folder = tmp_path / "target" / manifest.load().step("step02").folder
+    folder.mkdir(parents=True)
+    (folder / "main.py").write_text(OUTLINE_QUICK_START, encoding="utf-8")
+    rc, report, out = run_grader(tmp_path, "--target", str(tmp_path / "target"), "-k", "step02")
+    assert rc == 1, out[-3000:]
+    summary = out.strip().splitlines()[-1]
+    assert " failed" in summary and "error" not in summary, summary
+    got = outcomes(report, "step02")
+    assert got and all(c["outcome"] == "failed" for c in got.values()), got
+    for cid, c in got.items():
+        assert all("기대" in m and "측정" in m for m in c["messages"]), (cid, c["messages"])
+    # Checks that need a working POST /chat name step02.contract as the check to fix first.
+    assert got["step02.auth"]["blocked_by"] == ["step02.contract"], got["step02.auth"]
+    assert got["step02.latency_p95"]["hint"].startswith("`step02.contract`"), got["step02.latency_p95"]
+    assert not got["step02.contract"]["blocked_by"]
+    # Each service's log once (not under every failure).
+    logs = report["service_logs"]
+    assert logs and len({e["service"] for e in logs}) == len(logs), logs
+    assert out.count("서비스 로그:") == len(logs), out
+    assert "Uvicorn running" in logs[0]["log_tail"]
