@@ -324,3 +324,78 @@ def test_cli_flags_override_env(monkeypatch):
                    "quota_rpm": 10}
     helptext = parser.format_help()
     assert "지연 시간" in helptext and "--valid-keys" in helptext
+
+
+def test_malformed_200_body(sim):
+    """malformed_rate: HTTP 200 whose body is not a GenerateContentResponse (truncated JSON)."""
+    sim.configure(malformed_rate=1.0)
+    r = post(sim, "/v1/models/gemini-3.5-flash:generateContent")
+    assert r.status_code == 200 and r.content
+    with pytest.raises(ValueError):
+        r.json()
+    r = http.post(sim.base_url + "/v1/models/gemini-3.5-flash:streamGenerateContent?alt=sse", json=BODY,
+                  headers=KEY)
+    assert r.status_code == 200 and r.text.startswith("data: ")
+    with pytest.raises(ValueError):
+        json.loads(r.text.removeprefix("data: ").strip())
+    s = sim.stats()
+    assert s["faults"]["malformed"] == 2 and s["by_status"] == {"200": 2}
+    assert s["tokens"]["output"] == 0                     # nothing usable was answered
+    sim.configure(fault_models=["gemini-3.5-pro"])        # fault_models applies to it too
+    assert post(sim, "/v1/models/gemini-3.5-flash:generateContent").json()["candidates"]
+    sim.configure(fault_models=None, malformed_rate=0.3, seed=5)
+
+    def run():
+        sim.reset()
+        out = []
+        for _ in range(100):
+            try:
+                post(sim, "/v1/models/gemini-3.5-flash:generateContent").json()
+                out.append(True)
+            except ValueError:
+                out.append(False)
+        return out
+    first = run()
+    assert first == run() and 15 <= first.count(False) <= 45   # seeded, roughly the rate
+    assert http.patch(sim.base_url + "/_sim/config", json={"malformed_rate": 2}).status_code == 400
+
+
+def test_malformed_rate_flag_and_env():
+    import argparse
+
+    from coursekit.simulator import add_arguments, config_from_args
+
+    args = add_arguments(argparse.ArgumentParser()).parse_args(["--malformed-rate", "0.5"])
+    assert config_from_args(args) == {"malformed_rate": 0.5}
+    with SimulatorProcess(env={"SIM_MALFORMED_RATE": "1"}) as s:
+        assert s.config()["malformed_rate"] == 1.0
+
+
+def test_reset_can_restore_startup_config():
+    with SimulatorProcess(seed=4, error_429_rate=0.1) as s:
+        s.configure(error_503_rate=0.5, malformed_rate=0.2, seed=9)
+        post(s, "/v1/models/m:generateContent")
+        s.reset()                                         # plain reset keeps the config
+        assert s.config()["error_503_rate"] == 0.5 and s.stats()["requests_total"] == 0
+        r = http.post(s.base_url + "/_sim/reset", json={"config": False})
+        assert r.status_code == 200 and s.config()["seed"] == 9
+        s.configure(error_503_rate=0.9)
+        post(s, "/v1/models/m:generateContent")
+        assert s.reset(config=True)["config"] == s.config()
+        cfg = s.config()
+        assert cfg["seed"] == 4 and cfg["error_429_rate"] == 0.1
+        assert cfg["error_503_rate"] == 0.0 and cfg["malformed_rate"] == 0.0
+        assert s.stats()["requests_total"] == 0
+        bad = http.post(s.base_url + "/_sim/reset", json={"config": "yes"})
+        assert bad.status_code == 400 and "config" in bad.json()["error"]
+        assert http.post(s.base_url + "/_sim/reset", content=b"{").status_code == 400
+
+
+def test_non_ascii_valid_keys_rejected_in_korean(sim):
+    """Keys travel in HTTP headers: a Korean placeholder must be refused up front, not as a
+    UnicodeEncodeError on every later request."""
+    with pytest.raises(ConfigError, match="ASCII"):
+        validate({"valid_keys": "sim-key,아무-문자열"})
+    r = http.patch(sim.base_url + "/_sim/config", json={"valid_keys": ["키"]})
+    assert r.status_code == 400 and "ASCII" in r.json()["error"]
+    assert validate({"valid_keys": "sim-any-key"}) == {"valid_keys": ["sim-any-key"]}

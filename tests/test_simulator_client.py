@@ -6,6 +6,7 @@ These tests pin the facts written at the top of coursekit/simulator/README.md.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx2
@@ -190,3 +191,24 @@ def test_default_retries_are_six_attempts_over_half_a_minute(client_env):
     elapsed = time.monotonic() - t
     assert client_env.stats()["requests_total"] == 6
     assert 20 < elapsed < 60
+
+
+def test_malformed_200_is_not_a_model_error(client_env):
+    """A 200 with a truncated body: the client raises json.JSONDecodeError (invoke/ainvoke) or
+    google.genai.errors.UnknownApiResponseError (stream), both ValueError and neither a langchain
+    ModelError nor an httpx2 error: only a service's catch-all handler sees them. Not retried."""
+    client_env.configure(malformed_rate=1.0)
+    for call in (lambda: llm(max_retries=2).invoke(PROMPT),
+                 lambda: asyncio.run(llm(max_retries=2).ainvoke(PROMPT))):
+        with pytest.raises(json.JSONDecodeError) as info:
+            call()
+        assert not isinstance(info.value, (ModelError, httpx2.HTTPError))
+
+    async def consume():
+        async for _ in llm(max_retries=2).astream(PROMPT):
+            pass
+    with pytest.raises(genai_errors.UnknownApiResponseError) as info:
+        asyncio.run(consume())
+    assert isinstance(info.value, ValueError) and not isinstance(info.value, ModelError)
+    s = client_env.stats()
+    assert s["faults"]["malformed"] == s["requests_total"] == 3   # not retried

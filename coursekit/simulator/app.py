@@ -54,11 +54,16 @@ class Simulator:
     def __init__(self, **config: Any):
         self.config: dict[str, Any] = dict(DEFAULTS)
         self.config.update(validate(config))
+        self.startup_config: dict[str, Any] = dict(self.config)
         self.started_at = time.time()
         self.reset()
 
     # ---- state ---------------------------------------------------------------
-    def reset(self) -> None:
+    def reset(self, config: bool = False) -> None:
+        """Counters, quota windows and the RNG back to the start; with config=True also the
+        configuration the simulator was started with (undoes every PATCH /_sim/config)."""
+        if config:
+            self.config = dict(self.startup_config)
         self.rng = random.Random(self.config["seed"])
         self.seq = 0
         self.in_flight = 0
@@ -68,7 +73,8 @@ class Simulator:
             "by_model": {}, "by_key": {}, "by_status": {}, "by_action": {},
             "tokens": {"input": 0, "output": 0, "thoughts": 0},
             "tokens_by_model": {},
-            "faults": {"error_429": 0, "error_500": 0, "error_503": 0, "hang": 0, "quota_429": 0},
+            "faults": {"error_429": 0, "error_500": 0, "error_503": 0, "hang": 0, "quota_429": 0,
+                       "malformed": 0},
         }
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -151,8 +157,16 @@ class Simulator:
         if path == "/_sim/stats" and method == "GET":
             return await reply(self.stats())
         if path == "/_sim/reset" and method == "POST":
-            self.reset()
-            return await reply({"status": "reset"})
+            raw = await _read_body(receive)
+            try:
+                opts = orjson.loads(raw) if raw and raw.strip() else {}
+            except orjson.JSONDecodeError as exc:
+                return await reply({"error": f"JSON 형식이 아닙니다: {exc}"}, 400)
+            if not isinstance(opts, dict) or not isinstance(opts.get("config", False), bool) \
+                    or set(opts) - {"config"}:
+                return await reply({"error": '본문은 비어 있거나 {"config": true|false} 여야 합니다'}, 400)
+            self.reset(config=opts.get("config", False))
+            return await reply({"status": "reset", "config": self.config})
         if path == "/_sim/config":
             if method == "GET":
                 return await reply(self.config)
@@ -263,6 +277,10 @@ class Simulator:
                 if u < r429 + r500 + r503:
                     self.counters["faults"]["error_503"] += 1
                     raise _Reply(*errors.unavailable())
+            if cfg["malformed_rate"] > 0 and self.rng.random() < cfg["malformed_rate"]:
+                self.counters["faults"]["malformed"] += 1
+                await self._malformed(send, action, model)
+                return
 
         prompt = _prompt_text(contents)
         ans = make_answer(prompt, model, self.config["seed"], thinking_budget=budget)
@@ -291,6 +309,18 @@ class Simulator:
             await self._send(send, 200, orjson.dumps(body))
             return
         await self._stream(send, model, text, finish, usage, rid, ttft + ans.thoughts_tokens * per_token, per_token)
+
+    async def _malformed(self, send, action, model):
+        """HTTP 200 whose body is a GenerateContentResponse cut in half (invalid JSON): the real
+        client raises json.JSONDecodeError, not a ModelError. Nothing is accounted as tokens."""
+        good = orjson.dumps({"candidates": [{"content": {"parts": [{"text": "응답이 중간에 끊겼"}],
+                                                          "role": "model"}, "index": 0}],
+                             "modelVersion": model})
+        cut = good[: len(good) // 2]
+        if action == "generateContent":
+            await self._send(send, 200, cut)
+        else:
+            await self._send(send, 200, b"data: " + cut + b"\r\n\r\n", headers=_SSE_HEADERS)
 
     async def _stream(self, send, model, text, finish, usage, rid, first_delay, per_token):
         pieces = split_tokens(text)

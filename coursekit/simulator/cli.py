@@ -24,6 +24,7 @@ _FLAG_HELP = {
     "error_500_rate": "500 INTERNAL 을 돌려줄 확률 0..1 [env SIM_ERROR_500_RATE]",
     "error_503_rate": "503 UNAVAILABLE 을 돌려줄 확률 0..1 [env SIM_ERROR_503_RATE]",
     "hang_rate": "요청이 hang_seconds 동안 멈출 확률 0..1 [env SIM_HANG_RATE]",
+    "malformed_rate": "HTTP 200 이지만 본문이 깨진(잘린 JSON) 응답을 돌려줄 확률 0..1 [env SIM_MALFORMED_RATE]",
     "hang_seconds": "멈춘 요청이 기다리는 시간(초, 기본 30) [env SIM_HANG_SECONDS]",
     "quota_rpm": "API 키마다 분당 허용 요청 수 (넘으면 429), 0 이면 제한 없음 [env SIM_QUOTA_RPM]",
     "valid_keys": "허용할 API 키 목록(쉼표 구분). 없으면 비어 있지 않은 모든 키 허용 [env SIM_VALID_KEYS]",
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--latency", choices=["zero", "realistic"], default=None, help=_FLAG_HELP["latency"])
     parser.add_argument("--latency-scale", type=float, default=None, help=_FLAG_HELP["latency_scale"])
     parser.add_argument("--seed", type=int, default=None, help=_FLAG_HELP["seed"])
-    for name in ("error_429_rate", "error_500_rate", "error_503_rate", "hang_rate"):
+    for name in ("error_429_rate", "error_500_rate", "error_503_rate", "hang_rate", "malformed_rate"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=_FLAG_HELP[name])
     parser.add_argument("--hang-seconds", type=float, default=None, help=_FLAG_HELP["hang_seconds"])
     parser.add_argument("--quota-rpm", type=int, default=None, help=_FLAG_HELP["quota_rpm"])

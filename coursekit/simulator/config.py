@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["DEFAULTS", "ENV_PREFIX", "ConfigError", "validate", "from_env"]
+__all__ = ["DEFAULTS", "ENV_PREFIX", "ConfigError", "validate", "from_env", "check_ascii_key"]
 
 ENV_PREFIX = "SIM_"
 
@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "error_500_rate": 0.0,
     "error_503_rate": 0.0,
     "hang_rate": 0.0,
+    "malformed_rate": 0.0,      # HTTP 200 with a body that is not a GenerateContentResponse
     "hang_seconds": 30.0,
     "quota_rpm": None,          # int per API key, or None
     "valid_keys": None,         # list of keys, or None = any non-empty key
@@ -26,6 +27,16 @@ DEFAULTS: dict[str, Any] = {
 
 class ConfigError(ValueError):
     pass
+
+
+def check_ascii_key(value: str, name: str) -> None:
+    """API keys travel in HTTP headers (latin-1): a Korean placeholder breaks every request later
+    with UnicodeEncodeError, so refuse it up front with a Korean message."""
+    if not value.isascii() or not value.isprintable():
+        bad = "".join(sorted({c for c in value if not (c.isascii() and c.isprintable())}))
+        raise ConfigError(
+            f"{name}: API 키 {value!r} 에 ASCII 가 아닌 문자({bad!r})가 있습니다. 키는 HTTP 헤더로 "
+            f"전달되므로 영문·숫자·기호만 쓸 수 있습니다 (예: sim-any-key)")
 
 
 def _as_list(value: Any) -> list[str] | None:
@@ -76,7 +87,12 @@ def _coerce(key: str, value: Any) -> Any:
             if v <= 0:
                 return None
             return v
-        if key in ("valid_keys", "fault_models"):
+        if key == "valid_keys":
+            keys = _as_list(value)
+            for k in keys or ():
+                check_ascii_key(k, "valid_keys")
+            return keys
+        if key == "fault_models":
             return _as_list(value)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):

@@ -150,8 +150,10 @@ class SimulatorProcess:
     def stats(self) -> dict:
         return self._req("GET", "/_sim/stats")
 
-    def reset(self) -> dict:
-        return self._req("POST", "/_sim/reset")
+    def reset(self, config: bool = False) -> dict:
+        """Counters, quota windows and RNG back to the start; config=True also restores the
+        configuration the simulator was started with."""
+        return self._req("POST", "/_sim/reset", json={"config": True} if config else None)
 
     def config(self) -> dict:
         return self._req("GET", "/_sim/config")
