@@ -1,7 +1,10 @@
 """The docs site: strict build, pages generated from the manifest, and a real browser.
 
 The site is built once per session (``mkdocs build --strict``, lesson notebooks executed
-against the simulator by the hook), served with ``python -m http.server`` on a loopback
+against the simulator by the hook) from a copy of the course WITHOUT solutions/ (what an
+instructor hands out, tests/solutionless.py), so every docs test also proves that no page and
+no lesson needs the answers; then the built pages are searched for the solutions' answer
+lines. It is served with ``python -m http.server`` on a loopback
 port and opened in headless Chromium driven by Playwright (``executable_path`` =
 Debian's /usr/bin/chromium, no browser download). Screenshots go to
 ``artifacts/screenshots/``.
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+import solutionless
 from coursekit import manifest
 from grader.harness import free_port
 
@@ -53,12 +57,14 @@ def _env() -> dict[str, str]:
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("docs") / "site"
+    base = tmp_path_factory.mktemp("docs")
+    copy = solutionless.copy_without_solutions(base / "course")
+    out = base / "site"
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT,
-        env=_env(),
+        cwd=copy,
+        env=solutionless.env(copy, _env()),
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT_S,
@@ -66,12 +72,26 @@ def site(tmp_path_factory) -> Path:
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         pytest.fail(
-            f"mkdocs build --strict 실패 (종료 코드 {proc.returncode}, {elapsed:.1f}초)\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}",
+            f"solutions/ 가 없는 사본에서 mkdocs build --strict 실패 (종료 코드 {proc.returncode}, "
+            f"{elapsed:.1f}초)\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}",
             pytrace=False,
         )
-    print(f"\n문서 빌드: {elapsed:.1f}초 -> {out}")
+    print(f"\n문서 빌드 (solutions/ 없는 사본): {elapsed:.1f}초 -> {out}")
     return out
+
+
+def test_built_site_shows_no_solution_lines(site):
+    """No answer line of solutions/ (one the starter does not have) is on any page."""
+    answers = solutionless.distinctive_solution_lines()
+    assert answers, "solutions/ 에서 답 줄을 찾지 못했습니다 (검사가 아무것도 보지 않음)"
+    leaks = []
+    for html in sorted(site.rglob("*.html")):
+        flat = solutionless._norm(_text(html.read_text(encoding="utf-8")))
+        for source, lines in answers.items():
+            for line in lines:
+                if line in flat:
+                    leaks.append(f"{html.relative_to(site)}: {source} 의 줄 {line!r}")
+    assert not leaks, "공개 사이트에 해답이 실렸습니다:\n" + "\n".join(leaks[:40])
 
 
 def _html(site: Path, rel: str) -> str:
@@ -170,12 +190,13 @@ def test_headings_keep_korean_anchors(site):
     assert 'href="#오류-응답"' in page
 
 
-def test_contract_code_is_pulled_from_the_repository(site):
-    page = _html(site, "contract")
-    # Code comes from solutions/ (or steps/) via pymdownx.snippets, never pasted.
-    assert "secrets" in page and "compare_digest" in page
-    assert "class</span> <span class=\"nc\">ChatRequest" in page or "ChatRequest" in page
-    assert "--8&lt;--" not in page and "--8<--" not in page, "처리되지 않은 스니펫 표식이 남아 있습니다"
+def test_no_unexpanded_snippet_markers(site):
+    # Code shown on pages comes from the repository (steps/, coursekit/) via pymdownx.snippets.
+    for html in site.rglob("*.html"):
+        text = html.read_text(encoding="utf-8")
+        assert "--8&lt;--" not in text and "--8<--" not in text, (
+            f"{html.relative_to(site)}: 처리되지 않은 스니펫 표식이 남아 있습니다"
+        )
 
 
 def test_no_unexpanded_course_markers(site):
@@ -223,6 +244,41 @@ def test_hook_planned_step_without_notebook_gets_placeholder(tmp_path, monkeypat
         else:
             assert p.lesson_uri.endswith("lesson.md") and p.notebook is None
             assert "준비 중" in hook._planned_lesson(p)
+
+
+def test_hook_finds_solution_includes():
+    hook = _load_hook()
+    page = (
+        "intro\n"
+        '--8<-- "solutions/02-fastapi/main.py:1:20"\n'
+        "```python\n;--8<-- 'steps/02-fastapi/main.py'\n```\n"
+        "--8<--\ncoursekit/simulator/README.md\n./solutions/01-docker/Dockerfile\n--8<--\n"
+    )
+    assert hook.solution_includes(page) == ["solutions/02-fastapi/main.py:1:20", "./solutions/01-docker/Dockerfile"]
+    assert hook.solution_includes('--8<-- "steps/01-docker/Dockerfile"\nsolutions/ 는 강사용입니다\n') == []
+
+
+class _Page:
+    class file:
+        src_uri = "contract.md"
+
+
+def test_hook_fails_a_page_that_includes_solutions(monkeypatch):
+    from mkdocs.exceptions import PluginError
+
+    hook = _load_hook()
+    with pytest.raises(PluginError, match="solutions/"):
+        hook.on_page_markdown('# 계약\n\n```python\n--8<-- "solutions/02-fastapi/main.py"\n```\n', _Page, None, None)
+    with pytest.raises(PluginError, match="해답"):
+        hook.on_page_markdown("<!-- course:include solutions/02-fastapi/README.md -->\n", _Page, None, None)
+
+
+def test_hook_takes_step_files_from_the_starter_only(monkeypatch):
+    hook = _load_hook()
+    monkeypatch.setattr(hook, "_state", {**hook._state, "plan": hook._plan(manifest.load())})
+    out = hook.on_page_markdown("<!-- course:files step02 main.py -->\n<!-- course:code step02 main.py health -->\n",
+                                _Page, None, None)
+    assert "steps/02-fastapi/main.py" in out and "solutions/" not in out
 
 
 # ---------------------------------------------------------------------------

@@ -327,7 +327,51 @@ def on_page_markdown(markdown: str, page, config, files):
             raise PluginError(f"{page.file.src_uri}: 알 수 없는 표식 <!-- course:{name} -->")
         return func(page, *args)
 
-    return MARKER.sub(replace, markdown)
+    markdown = MARKER.sub(replace, markdown)
+    leaks = solution_includes(markdown)
+    if leaks:
+        raise PluginError(
+            f"{page.file.src_uri}: 해답 폴더 solutions/ 의 파일을 포함합니다 (공개 사이트에 답이 실립니다): "
+            + ", ".join(leaks)
+            + " — 스타터(steps/)의 파일이나 일반 예제를 쓰세요"
+        )
+    return markdown
+
+
+SNIPPET_LINE = re.compile(r"^\s*;?-{1,}8<-{1,}\s*(.*)$")
+
+
+def _is_solution_path(path: str) -> bool:
+    path = path.strip().strip("\"'").split(":", 1)[0]
+    if not path:
+        return False
+    target = Path(path) if Path(path).is_absolute() else ROOT / path
+    try:
+        target.resolve().relative_to((ROOT / "solutions").resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def solution_includes(markdown: str) -> list[str]:
+    """Paths under solutions/ that pymdownx.snippets would include in this page.
+
+    Both forms: `--8<-- "file"` on one line, and a block of file names between two `--8<--` lines.
+    """
+    found = []
+    in_block = False
+    for line in markdown.splitlines():
+        m = SNIPPET_LINE.match(line)
+        if m:
+            target = m.group(1).strip()
+            if not target:
+                in_block = not in_block
+                continue
+            if _is_solution_path(target):
+                found.append(target.strip("\"'"))
+        elif in_block and line.strip() and _is_solution_path(line.strip()):
+            found.append(line.strip())
+    return found
 
 
 def _manifest():
@@ -570,20 +614,15 @@ def m_architecture(page, step_key: str) -> str:
 
 
 def m_files(page, step_key: str, *names: str) -> str:
-    """Tabs with files of a step, pulled with pymdownx.snippets (never pasted).
+    """Tabs with files of a step's starter (steps/<folder>/), pulled with pymdownx.snippets.
 
-    Taken from solutions/<folder>/ when it exists (the maintainers' repo), else from
-    steps/<folder>/ (a learner repo published without solutions/).
+    Never from solutions/: the site is public and must build from a copy without it.
     """
     step = _manifest().step(step_key)
     out = []
     missing = []
     for name in names:
-        src = None
-        for tree in ("solutions", "steps"):
-            if (ROOT / tree / step.folder / name).is_file():
-                src = f"{tree}/{step.folder}/{name}"
-                break
+        src = _source_of(step, name)
         if src is None:
             missing.append(name)
             continue
@@ -594,7 +633,7 @@ def m_files(page, step_key: str, *names: str) -> str:
             lang = "dockerfile"
         out.append(f'=== "{name}"\n\n    ```{lang} title="{src}"\n    --8<-- "{src}"\n    ```\n')
     if missing:
-        folder_exists = any((ROOT / t / step.folder).is_dir() for t in ("solutions", "steps"))
+        folder_exists = (ROOT / "steps" / step.folder).is_dir()
         msg = f"{page.file.src_uri}: {step.id} 의 파일을 찾을 수 없습니다: {', '.join(missing)}"
         if folder_exists and step.status == "ready":
             log.warning(msg)
@@ -609,9 +648,9 @@ def m_files(page, step_key: str, *names: str) -> str:
 
 
 def _source_of(step, name: str) -> str | None:
-    for tree in ("solutions", "steps"):
-        if (ROOT / tree / step.folder / name).is_file():
-            return f"{tree}/{step.folder}/{name}"
+    """The starter's file (steps/<folder>/<name>); pages never show solutions/."""
+    if (ROOT / "steps" / step.folder / name).is_file():
+        return f"steps/{step.folder}/{name}"
     return None
 
 
@@ -651,8 +690,6 @@ def m_code(page, step_key: str, name: str, *symbols: str) -> str:
             missing.append(symbol)
         else:
             spans.append(found)
-    if missing and src.startswith("solutions/"):
-        raise PluginError(f"{page.file.src_uri}: {src} 에 정의가 없습니다: {', '.join(missing)}")
     out = []
     if spans:
         lines = "\n\n".join(f'--8<-- "{src}:{a}:{b}"' for a, b in sorted(spans))
@@ -661,13 +698,15 @@ def m_code(page, step_key: str, name: str, *symbols: str) -> str:
     if missing:
         out.append(
             f'!!! note "스타터에서는 TODO"\n    `{src}` 에서 {", ".join(f"`{m}`" for m in missing)} 는 '
-            "학습자가 채울 부분입니다 (해답 폴더 `solutions/` 가 없는 저장소에서 빌드됨).\n"
+            "학습자가 채울 부분입니다.\n"
         )
     return "\n".join(out)
 
 
 def m_include(page, path: str) -> str:
     """Include a Markdown file of the repository with pymdownx.snippets, once it exists."""
+    if _is_solution_path(path):
+        raise PluginError(f"{page.file.src_uri}: 해답 파일은 사이트에 넣을 수 없습니다: {path}")
     if (ROOT / path).is_file():
         return f'--8<-- "{path}"\n'
     return f'!!! note "준비 중"\n    `{path}` 가 아직 저장소에 없습니다. 작성되면 이 자리에 그대로 포함됩니다.\n'
