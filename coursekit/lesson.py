@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +41,7 @@ __all__ = [
     "Service",
     "Simulator",
     "cleanup",
+    "section_checks",
     "self_check",
     "setup",
     "sim_faults",
@@ -103,9 +105,9 @@ class Simulator:
         """Counters since the last reset: requests_total, by_action, by_status, tokens, faults ..."""
         return self._call("GET", "/_sim/stats")
 
-    def reset(self) -> None:
-        """Zero the counters (the configuration stays as it is)."""
-        self._call("POST", "/_sim/reset")
+    def reset(self, config: bool = False) -> None:
+        """Zero the counters; with `config=True` also restore the simulator's start-up configuration."""
+        self._call("POST", "/_sim/reset", json={"config": True} if config else None)
 
     def upstream_calls(self, action: str = "generateContent") -> int:
         """How many `action` calls the simulator received since the last reset (each retry counts)."""
@@ -314,20 +316,42 @@ def start_service(folder_or_file: str | os.PathLike, module: str = "main", env: 
 
 
 # --------------------------------------------------------------------------- self-check
+SERVICE_LOG_LINES = 12
 _ICON = {"passed": "✅", "failed": "❌", "skipped": "⏭ ", "not_graded": "⬜"}
 _KO = {"passed": "통과", "failed": "실패", "skipped": "건너뜀", "not_graded": "채점 안 됨"}
 
 
-def self_check(*check_ids: str, target: str | os.PathLike | None = None, timeout: float = 300.0,
+_SECTION = re.compile(r"lesson\.ipynb\s*§(\d+)")
+
+
+def section_checks(step: str, section: int | str) -> list[str]:
+    """Ids of a step's checks whose hint points at lesson section §N (the manifest is the source)."""
+    wanted = str(section).lstrip("§")
+    out = []
+    for chk in manifest.load().step(step).checks:
+        found = _SECTION.search(chk.hint)
+        if found and found.group(1) == wanted:
+            out.append(chk.id)
+    return out
+
+
+def self_check(*check_ids: str, step: str | None = None, section: int | str | None = None,
+               target: str | os.PathLike | None = None, timeout: float = 300.0,
                quiet: bool = False) -> dict[str, dict[str, Any]]:
     """Run only these grader checks on the learner's step folders (default `<repo>/steps`),
     like otter-grader's `grader.check()`, and print each outcome in Korean: expected, measured
     and the hint on failure. Returns {check_id: {"outcome", "title", "messages", "measured", "hint"}}.
     A failing check does not raise: the lesson goes on.
+
+    `self_check(step="step02", section=2)` grades the checks whose hint names lesson §2.
     """
+    m = manifest.load()
+    if step is not None:
+        check_ids = tuple(check_ids) + tuple(c for c in (section_checks(step, section) if section is not None
+                                                          else [c.id for c in m.step(step).checks])
+                                             if c not in check_ids)
     if not check_ids:
         raise ValueError("self_check 에 채점 항목 id 를 하나 이상 주세요 (예: \"step02.auth\")")
-    m = manifest.load()
     checks = {cid: m.check(cid) for cid in check_ids}  # unknown ids raise here, in the lesson cell
     target_dir = Path(target).expanduser().resolve() if target is not None else REPO_ROOT / "steps"
     with tempfile.TemporaryDirectory(prefix="self-check-") as tmp:
@@ -354,7 +378,11 @@ def self_check(*check_ids: str, target: str | os.PathLike | None = None, timeout
             "title": chk.title,
             "messages": got["messages"] if got else [],
             "measured": got["measured"] if got else {},
-            "hint": chk.hint,
+            # the hint for what failed (a failure may carry its own), else the manifest's
+            "hint": got.get("hint", chk.hint) if got else chk.hint,
+            "blocked_by": got.get("blocked_by", []) if got else [],
+            "service_log": "\n\n".join(e["log_tail"] for e in (report or {}).get("service_logs", [])
+                                       if cid in e.get("checks", []) and e.get("log_tail")),
         }
     if report is None or proc.returncode not in (0, 1):
         out = (proc.stdout + proc.stderr).strip().splitlines()
@@ -378,7 +406,15 @@ def _print_results(results: dict[str, dict[str, Any]], target_dir: Path) -> None
             for line in msg.splitlines():
                 print(f"    {line}")
         if r["outcome"] == "failed":
+            if r["blocked_by"]:
+                print(f"    먼저 통과해야 하는 항목: {', '.join(r['blocked_by'])}")
             print(f"    힌트: {r['hint']}")
+    # a service shared by several failed checks: its log once, at the end
+    logs = dict.fromkeys(r["service_log"] for r in results.values() if r["outcome"] == "failed" and r["service_log"])
+    for log in logs:
+        print(f"--- 채점 중 여러분의 서비스 로그 (마지막 {SERVICE_LOG_LINES}줄) ---")
+        for line in log.splitlines()[-SERVICE_LOG_LINES:]:
+            print(f"    {line}")
 
 
 # --------------------------------------------------------------------------- cleanup

@@ -118,9 +118,9 @@ def test_start_service_failure_shows_log_in_korean(own_sim):
 
 
 def test_self_check_passes_on_solutions(capsys):
-    results = lesson.self_check("step02.health", "step02.validation", target=REPO_ROOT / "solutions")
+    results = lesson.self_check("step02.health", "step02.auth", target=REPO_ROOT / "solutions")
     assert {cid: r["outcome"] for cid, r in results.items()} == {
-        "step02.health": "passed", "step02.validation": "passed"}
+        "step02.health": "passed", "step02.auth": "passed"}
     out = capsys.readouterr().out
     assert "셀프 체크: 2/2 통과" in out
 
@@ -147,3 +147,13 @@ def test_self_check_fails_on_a_broken_folder_with_korean_message(tmp_path, capsy
 def test_self_check_rejects_unknown_ids():
     with pytest.raises(KeyError):
         lesson.self_check("step02.no_such_check")
+
+
+def test_section_checks_follow_the_manifest_hints():
+    from coursekit import manifest
+
+    step = manifest.load().step("step02")
+    by_section = {n: lesson.section_checks("step02", n) for n in range(0, 12)}
+    assert sorted(c for ids in by_section.values() for c in ids) == sorted(c.id for c in step.checks), (
+        "every step02 check's hint must name one lesson section (lesson.ipynb §N)")
+    assert lesson.section_checks("step02", "§7") == lesson.section_checks("step02", 7)
