@@ -21,7 +21,8 @@ from pathlib import Path
 
 from . import REPO_ROOT, manifest
 
-LOCAL_KEY = "course-local-simulator-key"
+LOCAL_KEY = "sim-any-key"          # GOOGLE_API_KEY with the simulator (any ASCII string works)
+LAB_SERVICE_KEY = "lab-service-key"  # the one documented SERVICE_API_KEY (READMEs, curl, locustfiles)
 STATE_FILE = REPO_ROOT / ".course" / "progress.json"
 
 
@@ -29,7 +30,7 @@ STATE_FILE = REPO_ROOT / ".course" / "progress.json"
 def _cmd_sim(args) -> int:
     from . import simulator
 
-    return simulator.serve_from_args(args) or 0
+    return simulator.serve_from_args(args) or 0  # refuses non-ASCII keys and --valid-keys itself
 
 
 # --------------------------------------------------------------------------- lab
@@ -47,8 +48,22 @@ def lab_environment(base_env: dict[str, str], sim_url: str | None) -> dict[str, 
     # Any non-empty key works with the simulator; never send the learner's real key to it.
     env["GOOGLE_API_KEY"] = LOCAL_KEY
     env.pop("GEMINI_API_KEY", None)
-    env.setdefault("SERVICE_API_KEY", "dev-service-key")
+    # the key the READMEs' curl examples and the locustfiles send (X-API-Key: lab-service-key)
+    env["SERVICE_API_KEY"] = env.get("SERVICE_API_KEY") or LAB_SERVICE_KEY
     return env
+
+
+def _refuse_non_ascii_keys(names: tuple[str, ...]) -> bool:
+    """Print a Korean error and return True when a key in the environment is not ASCII."""
+    from .simulator import ConfigError
+    from .simulator.cli import check_key_environment
+
+    try:
+        check_key_environment(names=names)
+    except ConfigError as exc:
+        print(f"오류: {exc}", file=sys.stderr)
+        return True
+    return False
 
 
 def _cmd_lab(args) -> int:
@@ -56,11 +71,16 @@ def _cmd_lab(args) -> int:
     if real and not os.environ.get("GOOGLE_API_KEY"):
         print("실제 Gemini 를 쓰려면 GOOGLE_API_KEY 환경 변수가 필요합니다.", file=sys.stderr)
         return 2
+    # with the simulator the lab replaces GOOGLE_API_KEY, so only the real key must be checked
+    if _refuse_non_ascii_keys(("GOOGLE_API_KEY", "SERVICE_API_KEY") if real else ("SERVICE_API_KEY",)):
+        return 2
     jupyter = shutil.which("jupyter", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     if jupyter is None:
         print("jupyter 를 찾을 수 없습니다. `make lab` 으로 설치하세요.", file=sys.stderr)
         return 2
-    cmd = [jupyter, "lab", f"--notebook-dir={args.notebook_dir}", f"--port={args.port}", "--ServerApp.ip=127.0.0.1"]
+    cmd = [jupyter, "lab", f"--notebook-dir={args.notebook_dir}", "--ServerApp.ip=127.0.0.1"]
+    if args.port is not None:  # otherwise JupyterLab's own default: $JUPYTER_PORT or 8888 (next free one if busy)
+        cmd.append(f"--port={args.port}")
     if args.no_browser:
         cmd.append("--no-browser")
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI run as root
@@ -68,15 +88,23 @@ def _cmd_lab(args) -> int:
     cmd += args.jupyter_args
 
     if real:
+        env = lab_environment(dict(os.environ), None)
+        env["SERVICE_API_KEY"] = env.get("SERVICE_API_KEY") or LAB_SERVICE_KEY
         print("실제 Gemini API 를 사용합니다 (COURSE_USE_REAL_GEMINI). 호출마다 비용이 들 수 있습니다.")
-        return subprocess.call(cmd, env=lab_environment(dict(os.environ), None))
+        print(f"  SERVICE_API_KEY={env['SERVICE_API_KEY']}    # 서비스의 X-API-Key")
+        return subprocess.call(cmd, env=env)
 
     from .simulator import SimulatorProcess
 
     with SimulatorProcess(latency=args.latency) as sim:
         env = lab_environment(dict(os.environ), sim.base_url)
-        print(f"Gemini 시뮬레이터: {sim.base_url}  (GOOGLE_GEMINI_BASE_URL 로 설정됨, API 키 불필요)")
-        print(f"JupyterLab 을 시작합니다: {args.notebook_dir}  (끝내려면 Ctrl+C)")
+        print(f"Gemini 시뮬레이터: {sim.base_url}  (지연 시간 {args.latency})\n"
+              "JupyterLab 의 노트북과 터미널에 설정된 환경 변수:\n"
+              f"  GOOGLE_GEMINI_BASE_URL={sim.base_url}\n"
+              f"  GOOGLE_API_KEY={env['GOOGLE_API_KEY']}    # 시뮬레이터는 아무 ASCII 키나 받습니다\n"
+              f"  SERVICE_API_KEY={env['SERVICE_API_KEY']}    # 서비스의 X-API-Key (README 의 curl, locustfile)",
+              flush=True)
+        print(f"JupyterLab 을 시작합니다: {args.notebook_dir}  (끝내려면 Ctrl+C)", flush=True)
         proc = subprocess.Popen(cmd, env=env)
         try:
             return proc.wait()
@@ -221,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_lab = sub.add_parser("lab", help="시뮬레이터를 띄우고 JupyterLab 시작",
                            description="시뮬레이터를 백그라운드에서 띄우고 steps/ 에서 JupyterLab 을 엽니다. "
                                        "노트북과 서비스는 GOOGLE_GEMINI_BASE_URL 로 시뮬레이터에 연결됩니다.")
-    p_lab.add_argument("--port", type=int, default=8888, help="JupyterLab 포트 (기본 8888)")
+    p_lab.add_argument("--port", type=int, default=None,
+                       help="JupyterLab 포트 (기본: 환경 변수 JUPYTER_PORT, 없으면 8888, 쓰는 중이면 다음 빈 포트)")
     p_lab.add_argument("--latency", choices=["zero", "realistic"], default="realistic",
                        help="시뮬레이터 지연 모델 (기본 realistic)")
     p_lab.add_argument("--notebook-dir", default=str(REPO_ROOT / "steps"), help="노트북 폴더 (기본 steps/)")
@@ -259,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except KeyError as exc:  # unknown step names and the like
-        print(f"오류: {exc.args[0]}", file=sys.stderr)
+    except manifest.UnknownName as exc:  # an unknown step or check name typed by the user
+        print(f"오류: {exc}", file=sys.stderr)
         return 2
 
 

@@ -11,9 +11,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["ChecklistItem", "Check", "Step", "Manifest", "load"]
+__all__ = ["ChecklistItem", "Check", "Step", "Manifest", "UnknownName", "load"]
 
 MANIFEST_PATH = Path(__file__).with_name("course.toml")
+
+
+class UnknownName(KeyError):
+    """A step, check or checklist item the manifest does not have (Korean message for learners).
+    A KeyError, so `except KeyError` callers keep working; the CLI catches only this class."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -71,19 +79,19 @@ class Manifest:
         for s in self.steps:
             if key in (s.id, s.folder) or (key.isdigit() and int(key) == s.number):
                 return s
-        raise KeyError(f"알 수 없는 단계: {key!r} (가능한 값: {', '.join(s.id for s in self.steps)})")
+        raise UnknownName(f"알 수 없는 단계: {key!r} (가능한 값: {', '.join(s.id for s in self.steps)})")
 
     def check(self, check_id: str) -> Check:
         try:
             return self._checks[check_id]
         except KeyError:
-            raise KeyError(f"매니페스트에 없는 채점 항목: {check_id!r}") from None
+            raise UnknownName(f"매니페스트에 없는 채점 항목: {check_id!r}") from None
 
     def item(self, item_id: str) -> ChecklistItem:
         for it in self.checklist:
             if it.id == item_id:
                 return it
-        raise KeyError(f"매니페스트에 없는 체크리스트 항목: {item_id!r}")
+        raise UnknownName(f"매니페스트에 없는 체크리스트 항목: {item_id!r}")
 
     @property
     def checks(self) -> tuple[Check, ...]:

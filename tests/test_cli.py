@@ -38,6 +38,32 @@ def test_unknown_step_is_a_clear_error():
     assert "알 수 없는 단계" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_unexpected_key_error_is_not_hidden(monkeypatch):
+    """Only an unknown step/check name becomes a one-line Korean error; any other KeyError is a bug
+    and keeps its traceback (it used to print `오류: latency` for the simulator's crash)."""
+    def boom(args):
+        raise KeyError("latency")
+    monkeypatch.setattr(cli, "_cmd_starters", boom)
+    with pytest.raises(KeyError):
+        cli.main(["starters"])
+
+
+@pytest.mark.parametrize("args,env", [
+    (["sim", "--port", "0"], {"GOOGLE_API_KEY": "아무-문자열"}),
+    (["sim", "--port", "0", "--valid-keys", "sim-any-key,키"], {}),
+    (["sim", "--port", "0"], {"SIM_VALID_KEYS": "한글키"}),
+    (["lab", "--no-browser"], {"SERVICE_API_KEY": "서비스-키"}),
+    (["lab", "--real", "--no-browser"], {"GOOGLE_API_KEY": "실제-키"}),
+])
+def test_non_ascii_keys_are_refused_in_korean(args, env):
+    """Keys travel in HTTP headers: a Korean placeholder must stop the command with a clear Korean
+    message, not break every request later with UnicodeEncodeError."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("SIM_")} | env
+    r = run(*args, env=full)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "ASCII" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_starters_check_reports_in_sync():
     r = run("starters")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -46,7 +72,8 @@ def test_starters_check_reports_in_sync():
 def test_lab_environment_uses_simulator_and_hides_real_key():
     env = cli.lab_environment({"GOOGLE_API_KEY": "real-key", "GEMINI_API_KEY": "x", "PATH": "/bin"}, "http://127.0.0.1:9")
     assert env["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:9"
-    assert env["GOOGLE_API_KEY"] == cli.LOCAL_KEY and "GEMINI_API_KEY" not in env
+    assert env["GOOGLE_API_KEY"] == cli.LOCAL_KEY == "sim-any-key" and "GEMINI_API_KEY" not in env
+    assert env["SERVICE_API_KEY"] == cli.LAB_SERVICE_KEY == "lab-service-key"
     real = cli.lab_environment({"GOOGLE_API_KEY": "real-key", "GOOGLE_GEMINI_BASE_URL": "http://x"}, None)
     assert real["GOOGLE_API_KEY"] == "real-key" and "GOOGLE_GEMINI_BASE_URL" not in real
 
@@ -111,6 +138,7 @@ def test_course_lab_notebook_gets_korean_answer_without_user_key(tmp_path):
     env = {**os.environ, "JUPYTER_TOKEN": token, "GOOGLE_API_KEY": "users-real-key-must-not-be-used",
            "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
     env.pop("GOOGLE_GEMINI_BASE_URL", None)
+    env.pop("SERVICE_API_KEY", None)
     log = open(tmp_path / "lab.log", "wb")
     proc = subprocess.Popen([*COURSE, "lab", "--no-browser", "--port", str(port), "--latency", "zero"],
                             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -134,12 +162,14 @@ def test_course_lab_notebook_gets_korean_answer_without_user_key(tmp_path):
             "from langchain_google_genai import ChatGoogleGenerativeAI\n"
             "print('KEY', os.environ['GOOGLE_API_KEY'])\n"
             "print('URL', os.environ['GOOGLE_GEMINI_BASE_URL'])\n"
+            "print('SERVICE', os.environ['SERVICE_API_KEY'])\n"
             "print('ANSWER', ChatGoogleGenerativeAI(model='gemini-3.5-flash').invoke('하늘클라우드 요금제는 어떻게 되나요?').content)\n"
         )
         out = asyncio.run(_execute(port, token, kernel["id"], code))
         assert "ERROR" not in out, out
         assert f"KEY {cli.LOCAL_KEY}" in out
         assert "URL http://127.0.0.1:" in out
+        assert "SERVICE lab-service-key" in out
         answer = out.split("ANSWER", 1)[1]
         assert any("\uac00" <= ch <= "\ud7a3" for ch in answer), out
     finally:

@@ -12,7 +12,7 @@ import socket
 import sys
 from typing import Any
 
-from .config import DEFAULTS, ConfigError, from_env, validate
+from .config import DEFAULTS, ConfigError, check_ascii_key, from_env, validate
 
 __all__ = ["add_arguments", "config_from_args", "serve_from_args", "serve", "main"]
 
@@ -78,16 +78,35 @@ def serve(host: str = "127.0.0.1", port: int = 8765, fd: int | None = None,
         server.run()
 
 
+SIM_KEY = "sim-any-key"  # the one documented placeholder for GOOGLE_API_KEY with the simulator
+
+
+def check_key_environment(environ: dict[str, str] | None = None,
+                          names: tuple[str, ...] = ("GOOGLE_API_KEY", "SERVICE_API_KEY")) -> None:
+    """Refuse keys in the environment that cannot travel in an HTTP header (e.g. a Korean
+    placeholder copied from old docs): ConfigError with a Korean message."""
+    env = os.environ if environ is None else environ
+    for name in names:
+        if env.get(name):
+            check_ascii_key(env[name], f"환경 변수 {name}")
+
+
 def serve_from_args(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
+        check_key_environment()
     except ConfigError as exc:
         print(f"시뮬레이터 설정 오류: {exc}", file=sys.stderr)
         return 2
     if args.fd is None:
-        print(f"Gemini 시뮬레이터: http://{args.host}:{args.port}  (지연 시간 {cfg['latency']})\n"
-              f"  export GOOGLE_GEMINI_BASE_URL=http://{args.host}:{args.port}\n"
-              f"  export GOOGLE_API_KEY=아무-문자열", file=sys.stderr, flush=True)
+        effective = {**DEFAULTS, **cfg}
+        url_host = "127.0.0.1" if args.host == "0.0.0.0" else args.host
+        bind = "  (0.0.0.0: 이 PC 의 모든 주소에서 받음, 컨테이너에서는 host.docker.internal)" \
+            if args.host == "0.0.0.0" else ""
+        print(f"Gemini 시뮬레이터: http://{url_host}:{args.port}  (지연 시간 {effective['latency']}){bind}\n"
+              f"  export GOOGLE_GEMINI_BASE_URL=http://{url_host}:{args.port}\n"
+              f"  export GOOGLE_API_KEY={SIM_KEY}    # 아무 ASCII 문자열 (키는 HTTP 헤더로 갑니다)",
+              file=sys.stderr, flush=True)
     serve(host=args.host, port=args.port, fd=args.fd, log_level=args.log_level, **cfg)
     return 0
 
