@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from . import REPO_ROOT, manifest
@@ -175,32 +174,76 @@ def next_todo(state: dict, m: manifest.Manifest | None = None) -> str:
     return "다음 할 일: 준비된 단계를 모두 통과했습니다. 🎉 다음 단계가 공개되면 이어서 진행하세요."
 
 
+REPORTS_DIR = REPO_ROOT / ".course" / "reports"
+
+
+def grade_command(args, report_path: Path, m: manifest.Manifest) -> list[str]:
+    """The pytest command `course grade` runs: the step filter and the user's -k are combined
+    (`-k "step02 and (EXPR)"`), so a -k narrows the step instead of replacing it."""
+    cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "grader"), "-p", "no:cacheprovider",
+           "--grade-report", str(report_path), "-q", "--no-header"]
+    step = m.step(args.step) if args.step else None
+    if step and args.k:
+        cmd += ["-k", f"{step.id} and ({args.k})"]
+    elif step:
+        cmd += ["-k", step.id]
+    elif args.k:
+        cmd += ["-k", args.k]
+    if args.checks:
+        cmd += ["--checks", args.checks]
+    if args.target:
+        cmd += ["--target", str(Path(args.target).resolve())]
+    return cmd + list(args.pytest_args)
+
+
+def _check_ids(args, m: manifest.Manifest) -> str | None:
+    """Validate --checks against the manifest (and the step, if given); Korean error or None."""
+    if not args.checks:
+        return None
+    step = m.step(args.step) if args.step else None
+    for cid in (c.strip() for c in args.checks.split(",") if c.strip()):
+        check = m.check(cid)  # unknown ids raise manifest.UnknownName
+        if step and check.step != step.id:
+            return f"--checks {cid} 는 {check.step} 의 채점 항목입니다 ({step.id} 를 채점 중). 단계를 빼거나 맞추세요."
+    return None
+
+
+def _merge_progress(state: dict, report: dict, m: manifest.Manifest) -> dict:
+    """Progress after a (possibly partial: -k, --checks) grading: checks that ran replace their old
+    outcome, the others keep theirs."""
+    for sid, s in report["steps"].items():
+        old = state.get(sid, {}).get("checks", {})
+        checks = {**old, **{cid: c["outcome"] for cid, c in s["checks"].items()}}
+        order = [c.id for c in m.step(sid).checks]
+        checks = {cid: checks[cid] for cid in order if cid in checks}
+        state[sid] = {"passed": sum(1 for o in checks.values() if o == "passed"), "total": len(order),
+                      "checks": checks}
+    return state
+
+
 def _cmd_grade(args) -> int:
     m = manifest.load()
-    steps = [m.step(args.step)] if args.step else [s for s in m.steps if s.status == "ready"]
-    with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
-        report_path = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "grader"), "-p", "no:cacheprovider",
-               "--grade-report", str(report_path), "-q", "--no-header"]
-        if args.step:
-            cmd += ["-k", steps[0].id]
-        if args.target:
-            cmd += ["--target", str(Path(args.target).resolve())]
-        cmd += args.pytest_args
-        rc = subprocess.call(cmd, cwd=REPO_ROOT)
-        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {"steps": {}}
+    problem = _check_ids(args, m)
+    if problem:
+        print(f"오류: {problem}", file=sys.stderr)
+        return 2
+    name = m.step(args.step).id if args.step else "all"
+    # kept after the command, where the learner can open it (the grader prints this path)
+    REPORTS_DIR.mkdir(parents=True, exist_ok=True)
+    report_path = REPORTS_DIR / f"last-{name}.json"
+    report_path.unlink(missing_ok=True)  # never show an older grading as this one
+    rc = subprocess.call(grade_command(args, report_path, m), cwd=REPO_ROOT)
+    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {"steps": {}}
     if not args.target:
-        state = _load_state()
-        for sid, s in report["steps"].items():
-            state[sid] = {"passed": s["passed"], "total": s["total"],
-                          "checks": {cid: c["outcome"] for cid, c in s["checks"].items()}}
+        state = _merge_progress(_load_state(), report, m)
         _save_state(state)
     else:
-        state = {sid: {"passed": s["passed"], "checks": {c: v["outcome"] for c, v in s["checks"].items()}}
-                 for sid, s in report["steps"].items()}
+        state = _merge_progress({}, report, m)
     print_progress(state, m)
     print()
     print(next_todo(state, m))
+    if report_path.exists():
+        print(f"\n채점 보고서(JSON): {report_path.relative_to(REPO_ROOT)}")
     return rc
 
 
@@ -264,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description="pytest grader 로 단계를 채점하고, 여섯 단계의 진행 상황과 다음 할 일을 보여 줍니다.")
     p_grade.add_argument("step", nargs="?", help="단계 (예: 02, step02, 02-fastapi). 없으면 준비된 모든 단계")
     p_grade.add_argument("--target", help="채점할 폴더 (기본: steps/)")
-    p_grade.add_argument("pytest_args", nargs=argparse.REMAINDER, help="pytest 에 그대로 넘길 인자")
+    p_grade.add_argument("-k", metavar="EXPR",
+                         help="pytest -k 식으로 좁히기. 단계와 함께 쓰면 그 단계 안에서만 (\"stepNN and (EXPR)\")")
+    p_grade.add_argument("--checks", metavar="ID[,ID...]",
+                         help="이 채점 항목만 실행 (예: step02.auth,step02.validation)")
+    p_grade.epilog = "그 밖의 인자(예: -x, --lf)는 pytest 에 그대로 넘깁니다. 보고서: .course/reports/last-<단계>.json"
+    p_grade.set_defaults(pytest_args=[])
     p_grade.set_defaults(func=_cmd_grade)
 
     p_st = sub.add_parser("starters", help="(유지보수자) solutions/ 에서 steps/ 스타터 생성/확인")
@@ -285,7 +333,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(dockerbase.main(argv[1:]) or 0)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command == "grade":
+            args.pytest_args = [a for a in extra if a != "--"]  # the rest goes to pytest as it is
+        elif args.command == "lab":
+            args.jupyter_args = extra + list(args.jupyter_args)  # e.g. --ServerApp.x=1 to jupyter lab
+        else:
+            parser.error(f"알 수 없는 인자: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except manifest.UnknownName as exc:  # an unknown step or check name typed by the user

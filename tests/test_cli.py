@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -186,3 +188,58 @@ def test_course_lab_notebook_gets_korean_answer_without_user_key(tmp_path):
 def test_docker_base_flags_reach_its_own_parser():
     r = run("docker-base", "--help")
     assert r.returncode == 0 and "usage" in r.stdout.lower(), r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------- course grade
+def _grade_args(*argv):
+    parser = cli.build_parser()
+    args, extra = parser.parse_known_args(["grade", *argv])
+    args.pytest_args = [a for a in extra if a != "--"]
+    return args
+
+
+def test_grade_k_narrows_the_step_and_passes_checks_and_extra_args(tmp_path):
+    m = manifest.load()
+    cmd = cli.grade_command(_grade_args("02", "-k", "auth or health", "--checks", "step02.auth", "-x"),
+                            tmp_path / "r.json", m)
+    assert cmd[cmd.index("-k") + 1] == "step02 and (auth or health)" and cmd.count("-k") == 1
+    assert cmd[cmd.index("--checks") + 1] == "step02.auth" and cmd[-1] == "-x"
+    cmd = cli.grade_command(_grade_args("-k", "auth", "--target", "x"), tmp_path / "r.json", m)
+    assert cmd[cmd.index("-k") + 1] == "auth" and cmd[cmd.index("--target") + 1] == str(Path("x").resolve())
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["02", "--checks", "step01.build"], "step01 의 채점 항목"),
+    (["02", "--checks", "step02.nope"], "매니페스트에 없는 채점 항목"),
+])
+def test_grade_bad_checks_are_a_korean_error(argv, needle):
+    r = run("grade", *argv)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stdout + r.stderr
+
+
+def test_grade_report_is_kept_and_k_stays_inside_the_step():
+    """`course grade 02 -k health` grades only step 02's health check (a bare -k used to replace the
+    step filter, so step01.healthcheck ran too), and the report it names exists afterwards."""
+    r = run("grade", "02", "-k", "health", "--target", str(REPO_ROOT / "solutions"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    m = re.search(r"채점 보고서\(JSON\): (\S+)", r.stdout)
+    assert m, r.stdout[-2000:]
+    path = REPO_ROOT / m.group(1)
+    assert path.is_file() and path.parent == REPO_ROOT / ".course" / "reports"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    assert set(report["steps"]) == {"step02"}, report["steps"].keys()
+    assert set(report["steps"]["step02"]["checks"]) == {"step02.health"}
+    r = run("grade", "02", "--checks", "step02.auth", "--target", str(REPO_ROOT / "solutions"))
+    assert r.returncode == 0, r.stdout[-3000:]
+    report = json.loads(path.read_text(encoding="utf-8"))
+    assert set(report["steps"]["step02"]["checks"]) == {"step02.auth"}
+
+
+def test_partial_grading_merges_into_progress():
+    m = manifest.load()
+    ids = [c.id for c in m.step("step02").checks]
+    state = {"step02": {"passed": 2, "checks": {ids[0]: "passed", ids[1]: "passed", ids[2]: "failed"}}}
+    report = {"steps": {"step02": {"checks": {ids[1]: {"outcome": "failed"}, ids[2]: {"outcome": "passed"}}}}}
+    merged = cli._merge_progress(state, report, m)["step02"]
+    assert merged["checks"] == {ids[0]: "passed", ids[1]: "failed", ids[2]: "passed"}
+    assert merged["passed"] == 2 and merged["total"] == len(ids)
