@@ -3,14 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the maintainers' extra (playwright, check-jsonschema): only `make test` needs it
+TEST_STAMP := $(VENV)/.installed-test
 
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: help lab sim test test-fast grade docs docs-build starters bench clean
+.PHONY: help lab sim test grade docs docs-build starters bench clean
 
 help:
 	@echo "make lab         시뮬레이터 + JupyterLab 으로 코스 시작"
-	@echo "make test        모든 테스트 실행 (시뮬레이터, 채점기 메타테스트, 노트북, 문서)"
+	@echo "make sim         시뮬레이터만 실행 (course sim)"
+	@echo "make test        모든 테스트 실행 (유지보수자용, 테스트 도구 .[test] 도 설치)"
 	@echo "make grade       내 실습(steps/) 채점: pytest grader"
 	@echo "make docs        문서 사이트를 로컬에서 미리보기"
 	@echo "make docs-build  문서 사이트를 site/ 로 빌드"
@@ -23,13 +26,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $(STAMP)
 
+# Reinstalled whenever the base install was (pyproject.toml changed, or a venv made by `make lab`).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(TEST_STAMP)
+
 lab: $(STAMP)
 	$(BIN)/course lab
 
 sim: $(STAMP)
 	$(BIN)/course sim
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests
 
 grade: $(STAMP)

@@ -243,3 +243,36 @@ def test_partial_grading_merges_into_progress():
     merged = cli._merge_progress(state, report, m)["step02"]
     assert merged["checks"] == {ids[0]: "passed", ids[1]: "failed", ids[2]: "passed"}
     assert merged["passed"] == 2 and merged["total"] == len(ids)
+
+
+# --------------------------------------------------------------------------- install (Makefile)
+def test_test_tools_are_an_extra_that_only_make_test_installs(tmp_path):
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    base = " ".join(project["dependencies"])
+    assert "playwright" not in base and "check-jsonschema" not in base
+    assert {d.split(">")[0] for d in project["optional-dependencies"]["test"]} >= {"playwright", "check-jsonschema"}
+
+    def dry(target: str, venv) -> str:
+        r = subprocess.run(["make", "-n", f"VENV={venv}", target], cwd=REPO_ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    fresh = tmp_path / "fresh"
+    assert "[test]" not in dry("lab", fresh) and "pip install --quiet -e ." in dry("lab", fresh)
+    assert "-e '.[test]'" in dry("test", fresh)
+    # a venv made by `make lab` (base stamp newer than pyproject.toml): make test adds only the extra
+    lab_venv = tmp_path / "lab"
+    lab_venv.mkdir()
+    (lab_venv / ".installed").touch()
+    out = dry("test", lab_venv)
+    assert "-e '.[test]'" in out and "install --quiet -e .\n" not in out
+    # both stamps current: nothing to install
+    (lab_venv / ".installed-test").touch()
+    assert "pip install" not in dry("test", lab_venv)
+    # pyproject.toml changed after the test install: both are redone
+    os.utime(lab_venv / ".installed", (1, 1))
+    os.utime(lab_venv / ".installed-test", (1, 1))
+    out = dry("test", lab_venv)
+    assert "install --quiet -e .\n" in out and "-e '.[test]'" in out
