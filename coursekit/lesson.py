@@ -38,6 +38,7 @@ from . import REPO_ROOT, manifest
 
 __all__ = [
     "LessonError",
+    "SelfCheckResult",
     "Service",
     "Simulator",
     "cleanup",
@@ -321,6 +322,21 @@ _ICON = {"passed": "✅", "failed": "❌", "skipped": "⏭ ", "not_graded": "⬜
 _KO = {"passed": "통과", "failed": "실패", "skipped": "건너뜀", "not_graded": "채점 안 됨"}
 
 
+class SelfCheckResult(dict):
+    """{check_id: {...}} with a one-line summary as its notebook display (the details are printed)."""
+
+    @property
+    def passed(self) -> bool:
+        return bool(self) and all(r["outcome"] == "passed" for r in self.values())
+
+    def __repr__(self) -> str:
+        done = sum(r["outcome"] == "passed" for r in self.values())
+        return f"<셀프 체크 {done}/{len(self)} 통과: {', '.join(self)}>"
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(repr(self))
+
+
 _SECTION = re.compile(r"lesson\.ipynb\s*§(\d+)")
 
 
@@ -337,7 +353,7 @@ def section_checks(step: str, section: int | str) -> list[str]:
 
 def self_check(*check_ids: str, step: str | None = None, section: int | str | None = None,
                target: str | os.PathLike | None = None, timeout: float = 300.0,
-               quiet: bool = False) -> dict[str, dict[str, Any]]:
+               quiet: bool = False) -> SelfCheckResult:
     """Run only these grader checks on the learner's step folders (default `<repo>/steps`),
     like otter-grader's `grader.check()`, and print each outcome in Korean: expected, measured
     and the hint on failure. Returns {check_id: {"outcome", "title", "messages", "measured", "hint"}}.
@@ -370,7 +386,7 @@ def self_check(*check_ids: str, step: str | None = None, section: int | str | No
     found: dict[str, dict[str, Any]] = {}
     for step in (report or {}).get("steps", {}).values():
         found.update(step["checks"])
-    results: dict[str, dict[str, Any]] = {}
+    results = SelfCheckResult()
     for cid, chk in checks.items():
         got = found.get(cid)
         results[cid] = {
