@@ -41,6 +41,7 @@ __all__ = [
     "LocustResult",
     "Service",
     "check",
+    "copy_step",
     "fail",
     "free_port",
     "record",
@@ -218,6 +219,20 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+
+
+# What a copy of a learner's step folder leaves out: local secrets/settings and caches.
+COPY_IGNORE = (".env", ".venv", "venv", "__pycache__", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+               "node_modules", ".ipynb_checkpoints")
+
+
+def copy_step(step_dir: Path, dest_root: Path) -> Path:
+    """Copy a step folder to `dest_root/<folder name>` without `.env` and caches, so the
+    learner's local `.env` cannot change the settings a check pins. Returns the copy."""
+    step_dir = Path(step_dir)
+    dest = Path(dest_root) / step_dir.name
+    shutil.copytree(step_dir, dest, ignore=shutil.ignore_patterns(*COPY_IGNORE), symlinks=True)
+    return dest
 
 
 def service_env(extra: dict[str, str]) -> dict[str, str]:

@@ -12,11 +12,19 @@ import secrets
 import httpx
 import pytest
 
-from grader.harness import blocked, check, fail, record, run_locust, run_service
+from grader.harness import blocked, check, copy_step, fail, record, run_locust, run_service
 
 STEP = "step02"
 
-MODEL = "gemini-3.5-flash"
+# 채점은 기본값이 아닌 설정으로 합니다: 모델 이름이나 글자 수 상한을 코드에 박아 둔 서비스는
+# 설정을 읽는 서비스와 다르게 동작해서 드러납니다 (coursekit/data/models.toml 의 다른 프로필).
+DEFAULT_MODEL = "gemini-3.5-flash"
+MODEL = "gemini-3.5-flash-lite"
+DOTENV_MODEL = "gemini-2.0-flash-lite"  # .env 파일로만 설정하는 실행 (step02.settings)
+DEFAULT_MAX_CHARS = 4000
+MAX_CHARS = 1500          # MAX_MESSAGE_CHARS given to the service
+DOTENV_MAX_CHARS = 700
+MAX_BODY_BYTES = 64 * 1024
 MAX_ATTEMPTS = 2          # LLM_MAX_ATTEMPTS given to the service
 LLM_TIMEOUT_SECONDS = 2   # LLM_TIMEOUT_SECONDS of the service under fault injection (fast timeout check)
 LOAD_TIMEOUT_SECONDS = 10 # ... and under load: the contract default, above the simulator's latency tail
@@ -31,12 +39,17 @@ QUESTION = "하늘클라우드 요금제는 어떻게 되나요?"
 SERVICE_KEY = "svc-" + secrets.token_hex(16)
 GOOGLE_KEY = "grader-gemini-" + secrets.token_hex(8)
 
-# 오류 응답에 보이면 안 되는 것들: 스택 트레이스, SDK 예외 문구, 비밀 값.
-LEAK_MARKERS = ["Traceback", 'File "', "RESOURCE_EXHAUSTED", "UNAVAILABLE", "google.genai", "httpx.",
-                "ReadTimeout", "httpx2", "langchain", "ServerError", "RateLimit", "x-goog-api-key"]
+# 오류 응답에 보이면 안 되는 것들: 스택 트레이스, SDK 예외 문구 (str(exc) 의 "500 INTERNAL. {...}",
+# "503 UNAVAILABLE" 등 Gemini 의 상태 이름과 메시지), 깨진 응답의 JSON 파서 문구, 비밀 값.
+LEAK_MARKERS = ["Traceback", 'File "', "RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "google.genai", "httpx.",
+                "ReadTimeout", "httpx2", "langchain", "ServerError", "ClientError", "RateLimit", "x-goog-api-key",
+                "An internal error has occurred", "The model is overloaded", "Resource has been exhausted",
+                "generativelanguage", "JSONDecodeError", "Unterminated string", "Expecting value",
+                "ValidationError", "'status':"]
 
 
 def service_env(simulator, timeout_seconds: float) -> dict[str, str]:
+    """Every setting of the contract, pinned (never the learner's .env or shell; see copy_step)."""
     return {
         "SERVICE_API_KEY": SERVICE_KEY,
         "GOOGLE_API_KEY": GOOGLE_KEY,
@@ -44,21 +57,30 @@ def service_env(simulator, timeout_seconds: float) -> dict[str, str]:
         "LLM_MODEL": MODEL,
         "LLM_TIMEOUT_SECONDS": str(timeout_seconds),
         "LLM_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        "MAX_MESSAGE_CHARS": str(MAX_CHARS),
     }
 
 
 @pytest.fixture(scope="module")
-def service(step_dir, simulator):
-    with run_service(step_dir, env=service_env(simulator, LLM_TIMEOUT_SECONDS), name=f"{step_dir.name} (기능 검사용)") as svc:
+def graded_dir(step_dir, tmp_path_factory):
+    """A copy of the step folder without the learner's .env (and caches): a .env left in the
+    folder (e.g. MAX_MESSAGE_CHARS=100000) must not change the contract under test."""
+    return copy_step(step_dir, tmp_path_factory.mktemp("step02"))
+
+
+@pytest.fixture(scope="module")
+def service(graded_dir, simulator):
+    with run_service(graded_dir, env=service_env(simulator, LLM_TIMEOUT_SECONDS),
+                     name=f"{graded_dir.name} (기능 검사용)") as svc:
         yield svc
 
 
 @pytest.fixture(scope="module")
-def load_service(step_dir, simulator):
+def load_service(graded_dir, simulator):
     """A second instance for the load checks: with a 2 s timeout, the realistic latency tail
     (p99 about 3 s) would turn a few requests of a correct service into 504s."""
-    with run_service(step_dir, env=service_env(simulator, LOAD_TIMEOUT_SECONDS),
-                     name=f"{step_dir.name} (부하 테스트용)") as svc:
+    with run_service(graded_dir, env=service_env(simulator, LOAD_TIMEOUT_SECONDS),
+                     name=f"{graded_dir.name} (부하 테스트용)") as svc:
         yield svc
 
 
@@ -66,7 +88,7 @@ def post_chat(svc, payload, key: str | None = SERVICE_KEY, timeout: float = 20.0
     headers = {"X-API-Key": key} if key is not None else {}
     headers.update(kw.pop("headers", {}))
     try:
-        if isinstance(payload, (bytes, str)):
+        if not isinstance(payload, (dict, list)):  # bytes, str or a generator (chunked body)
             headers.setdefault("Content-Type", "application/json")
             return httpx.post(f"{svc.base_url}/chat", content=payload, headers=headers, timeout=timeout, **kw)
         return httpx.post(f"{svc.base_url}/chat", json=payload, headers=headers, timeout=timeout, **kw)
@@ -143,6 +165,18 @@ def test_chat_contract(service, sim):
             )
     if problems:
         fail(expected="응답 필드: " + "; ".join(problems), measured=short(r, 300))
+    require_configured_model(sim, MODEL, "LLM_MODEL")
+
+
+def require_configured_model(sim, model: str, where: str) -> None:
+    """The simulator must have been called with the configured model, not a name in the code."""
+    by_model = sim.stats().get("by_model", {})
+    record("upstream_models", by_model)
+    if set(by_model) != {model}:
+        seen = ", ".join(f"{k} x{v}" for k, v in by_model.items()) or "호출 없음"
+        fail(expected=f"LLM 을 설정된 모델 {model} ({where}) 로 호출", measured=f"시뮬레이터가 받은 모델: {seen}",
+             hint="lesson.ipynb §4 '타임아웃과 재시도 한도' — 모델 이름을 코드에 쓰지 말고 "
+                  "`ChatGoogleGenerativeAI(model=settings.llm_model, ...)` 처럼 설정에서 넘기세요.")
 
 
 @check("step02.health")
@@ -167,39 +201,69 @@ def test_health(service, sim):
 
 
 # --------------------------------------------------------------------------- input
+def chunked(data: bytes, size: int = 8192):
+    """A request body without Content-Length (Transfer-Encoding: chunked)."""
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
 @check("step02.validation")
 def test_validation(service, sim):
     require_ok(service)
+    # 계약: 형식이 잘못된 본문은 모두 422 (OpenAPI 문서에 있는 상태), 64 KiB 넘는 본문은 413.
     cases = {
         "빈 메시지": {"message": ""},
         "공백뿐인 메시지": {"message": "   \n\t "},
-        "너무 긴 메시지 (4001자)": {"message": "가" * 4001},
+        f"너무 긴 메시지 ({MAX_CHARS + 1}자, MAX_MESSAGE_CHARS={MAX_CHARS})": {"message": "가" * (MAX_CHARS + 1)},
+        f"너무 긴 메시지 ({DEFAULT_MAX_CHARS + 1}자)": {"message": "가" * (DEFAULT_MAX_CHARS + 1)},
         "숫자 타입": {"message": 123},
         "리스트 타입": {"message": ["안녕"]},
         "message 필드 없음": {},
         "알 수 없는 필드": {"message": "안녕", "admin": True},
         "JSON 이 아닌 본문": b"not json {",
+        "UTF-8 이 아닌 본문": b'{"message": "\xff\xfe"}',
     }
     huge = json.dumps({"message": "가" * (1024 * 1024 // 3)}).encode()  # ~1 MiB
+    over = json.dumps({"message": "a" * (MAX_BODY_BYTES + 1024)}).encode()  # 65 KiB, 64 KiB 바로 위
     sim.reset()
-    seen, bad = {}, []
+    seen, bad, shapes = {}, [], []
     for name, payload in cases.items():
         r = post_chat(service, payload)
         seen[name] = r.status_code
-        if not 400 <= r.status_code < 500:
+        if r.status_code != 422:
             bad.append(f"{name} -> {r.status_code}")
-    r = post_chat(service, huge)
-    seen["1 MiB 본문"] = r.status_code
-    if r.status_code != 413:
-        bad.append(f"1 MiB 본문 -> {r.status_code} (413 이어야 함: 본문 크기 상한 64 KiB)")
+    # 선언된 Content-Length 가 상한을 넘으면 FastAPI(Starlette) 의 내장 제한은 앱의 예외 핸들러를 거치지
+    # 않고 text/plain "Content Too Large" 로 답합니다 (앱이 보낸 응답도 그것으로 바꿈): 상태만 봅니다.
+    # chunked 본문은 읽는 도중에 413 예외가 나서 앱의 핸들러를 거치므로 계약의 JSON 모양까지 봅니다.
+    for name, payload, shape in (
+        ("1 MiB 본문 (Content-Length)", huge, False),
+        ("65 KiB 본문 (Content-Length 없이 chunked 전송)", chunked(over), True),
+    ):
+        r = post_chat(service, payload)
+        seen[name] = r.status_code
+        if r.status_code != 413:
+            bad.append(f"{name} -> {r.status_code} (413 이어야 함: 본문 크기 상한 64 KiB)")
+        elif shape and error_code(r) != "payload_too_large":
+            shapes.append(f"{name}: {short(r)}")
     calls = upstream_calls(sim)
     record("statuses", seen)
     record("upstream_calls", calls)
     if bad:
-        fail(expected="잘못된 입력은 모두 4xx (형식 오류 422, 64 KiB 넘는 본문 413), 5xx 나 200 은 없음",
+        fail(expected="형식이 잘못된 본문은 모두 422, 64 KiB 넘는 본문은 (Content-Length 가 없어도) 413",
              measured=", ".join(bad), detail="전체 결과: " + ", ".join(f"{k}={v}" for k, v in seen.items()))
+    if shapes:
+        fail(expected='413 응답 본문도 {"error": {"code": "payload_too_large", "message": "..."}}',
+             measured="; ".join(shapes),
+             hint="lesson.ipynb §2 '요청/응답 모델' — 본문 크기 제한이 내는 413 도 예외 핸들러에서 "
+                  "다른 오류와 같은 ErrorResponse 모양으로 바꾸세요.")
     if calls:
         fail(expected="잘못된 입력으로는 LLM 을 호출하지 않음", measured=f"업스트림 호출 {calls}번")
+    # 상한은 설정값: 딱 MAX_MESSAGE_CHARS 글자는 받아야 합니다 (더 작은 수를 코드에 박아 두지 않았는지).
+    r = post_chat(service, {"message": "가" * MAX_CHARS})
+    record("at_limit_status", r.status_code)
+    if r.status_code != 200:
+        fail(expected=f"딱 {MAX_CHARS}자 (MAX_MESSAGE_CHARS={MAX_CHARS}) 메시지는 200", measured=short(r),
+             hint="lesson.ipynb §2 — 글자 수 상한은 `max_length=settings.max_message_chars` 처럼 설정에서 읽으세요.")
 
 
 # --------------------------------------------------------------------------- auth
@@ -233,6 +297,52 @@ def test_auth(service, sim):
         fail(expected="응답(본문, 헤더)에 키 값이 나타나지 않음", measured=", ".join(sorted(set(leaks))))
 
 
+# --------------------------------------------------------------------------- settings
+# 연결을 모두 닫힌 포트로 보내는 프록시: base_url 을 무시하는 클라이언트는 Google 로 가지 못하고 바로 실패합니다.
+NO_INTERNET = {name: "http://127.0.0.1:9" for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY",
+                                                       "https_proxy", "http_proxy", "all_proxy")}
+NO_INTERNET.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
+
+
+@check("step02.settings")
+def test_settings_from_dotenv_only(step_dir, simulator, sim, tmp_path):
+    """README 대로 `cp .env.example .env` 만 하고 실행한 경우: 설정이 환경 변수에는 없고 .env 에만 있습니다."""
+    folder = copy_step(step_dir, tmp_path)
+    service_key = "dotenv-svc-" + secrets.token_hex(12)
+    google_key = "dotenv-gemini-" + secrets.token_hex(8)
+    dotenv = {
+        "GOOGLE_API_KEY": google_key,
+        "GOOGLE_GEMINI_BASE_URL": simulator.base_url,
+        "SERVICE_API_KEY": service_key,
+        "LLM_MODEL": DOTENV_MODEL,
+        "LLM_TIMEOUT_SECONDS": "5",
+        "LLM_MAX_ATTEMPTS": "1",
+        "MAX_MESSAGE_CHARS": str(DOTENV_MAX_CHARS),
+    }
+    (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in dotenv.items()), encoding="utf-8")
+    sim.reset()
+    with run_service(folder, env=NO_INTERNET, name=f"{folder.name} (.env 로만 설정)") as svc:
+        r = post_chat(svc, {"message": QUESTION}, key=service_key)
+        calls = upstream_calls(sim)
+        record("status", r.status_code)
+        record("upstream_calls", calls)
+        if r.status_code != 200:
+            why = ("시뮬레이터가 요청을 한 번도 받지 못함: .env 의 GOOGLE_GEMINI_BASE_URL 이 클라이언트에 전달되지 않음"
+                   if calls == 0 else f"시뮬레이터 호출 {calls}번")
+            fail(expected="설정이 .env 파일에만 있을 때 (환경 변수 없음) POST /chat -> 200",
+                 measured=f"{short(r)} ({why})")
+        stats = sim.stats()
+        keys = stats.get("by_key", {})
+        record("upstream_keys", len(keys))
+        if set(keys) != {google_key}:
+            fail(expected=".env 의 GOOGLE_API_KEY 로 LLM 을 호출",
+                 measured="시뮬레이터가 받은 키가 .env 의 값과 다름" if keys else "키 없이 호출됨")
+        require_configured_model(sim, DOTENV_MODEL, ".env 의 LLM_MODEL")
+        r = post_chat(svc, {"message": "가" * (DOTENV_MAX_CHARS + 1)}, key=service_key)
+        if r.status_code != 422:
+            fail(expected=f".env 의 MAX_MESSAGE_CHARS={DOTENV_MAX_CHARS} 보다 긴 메시지 -> 422", measured=short(r))
+
+
 # --------------------------------------------------------------------------- upstream
 UPSTREAM_CASES = {
     "429": ({"error_429_rate": 1.0}, 503, "upstream_rate_limited", "업스트림 429 (RESOURCE_EXHAUSTED)"),
@@ -240,6 +350,12 @@ UPSTREAM_CASES = {
     "503": ({"error_503_rate": 1.0}, 502, "upstream_error", "업스트림 503 (UNAVAILABLE)"),
     "timeout": ({"hang_rate": 1.0, "hang_seconds": 6.0}, 504, "upstream_timeout",
                 f"업스트림 응답 없음 (LLM_TIMEOUT_SECONDS={LLM_TIMEOUT_SECONDS})"),
+    # HTTP 200 인데 본문이 깨진 응답: SDK 가 예상하지 못한 예외를 냅니다 -> 모든 예외를 잡는 핸들러의 500.
+    "malformed": ({"malformed_rate": 1.0}, 500, "internal_error", "업스트림 200 이지만 본문이 깨진 응답 (예상하지 못한 예외)"),
+}
+UPSTREAM_HINTS = {
+    "malformed": "lesson.ipynb §5 '업스트림 오류 다루기' — 예상하지 못한 예외도 `@app.exception_handler(Exception)` "
+                 "으로 잡아 500 internal_error JSON 으로 바꾸세요. 트레이스는 응답이 아니라 서버 로그에만 남깁니다.",
 }
 
 
@@ -247,13 +363,14 @@ UPSTREAM_CASES = {
 @pytest.mark.parametrize("kind", list(UPSTREAM_CASES))
 def test_upstream_errors(service, sim, kind):
     faults, status, code, what = UPSTREAM_CASES[kind]
+    require_ok(service)
     sim.configure(**faults)
     r = post_chat(service, {"message": QUESTION}, timeout=30)
     sim.configure(**{k: (0.0 if k.endswith("rate") else v) for k, v in faults.items()})
     record(f"{kind}_status", r.status_code)
     expected = f'{what} -> {status} 와 {{"error": {{"code": "{code}", "message": "..."}}}}'
     if r.status_code != status or error_code(r) != code:
-        fail(expected=expected, measured=short(r))
+        fail(expected=expected, measured=short(r), hint=UPSTREAM_HINTS.get(kind))
     text = r.text
     leaked = [m for m in LEAK_MARKERS if m in text] + [
         name for name, secret in (("GOOGLE_API_KEY", GOOGLE_KEY), ("SERVICE_API_KEY", SERVICE_KEY)) if secret in text

@@ -176,3 +176,23 @@ def test_outline_quick_start_fails_every_step02_check_without_errors(tmp_path):
     assert logs and len({e["service"] for e in logs}) == len(logs), logs
     assert out.count("서비스 로그:") == len(logs), out
     assert "Uvicorn running" in logs[0]["log_tail"]
+
+
+def test_learner_dotenv_cannot_change_the_contract_under_test(tmp_path):
+    """A `.env` left in the learner's step folder (as the README tells them to make) must not
+    change what the grader checks: the solution with a lax .env still passes, with the grader's
+    own settings (it pins every contract setting and runs a copy without .env)."""
+    step = manifest.load().step("step02")
+    target = tmp_path / "target"
+    shutil.copytree(REPO_ROOT / "solutions" / step.folder, target / step.folder,
+                    ignore=shutil.ignore_patterns("__pycache__", ".venv", ".env"))
+    (target / step.folder / ".env").write_text(
+        "MAX_MESSAGE_CHARS=100000\nLLM_MODEL=gemini-3.5-pro\nSERVICE_API_KEY=lab-service-key\n"
+        "GOOGLE_API_KEY=sim-any-key\nGOOGLE_GEMINI_BASE_URL=http://127.0.0.1:9\nLLM_MAX_ATTEMPTS=6\n",
+        encoding="utf-8")
+    rc, report, out = run_grader(tmp_path, "--target", str(target), "--checks",
+                                 "step02.contract,step02.validation,step02.retry_bound")
+    got = outcomes(report, "step02")
+    assert {cid: c["outcome"] for cid, c in got.items()} == {
+        "step02.contract": "passed", "step02.validation": "passed", "step02.retry_bound": "passed"}, out[-3000:]
+    assert rc == 0

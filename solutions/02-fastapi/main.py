@@ -13,7 +13,9 @@ from typing import Annotated
 
 import httpx
 import httpx2
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from google.genai.errors import ServerError
@@ -46,13 +48,22 @@ class Settings(BaseSettings):
     llm_max_attempts: int = Field(default=2, ge=1)  # 업스트림 호출 총 시도 횟수 (첫 시도 포함)
     max_message_chars: int = Field(default=4000, ge=1)
 
+    @field_validator("google_api_key", "service_api_key")
+    @classmethod
+    def ascii_only(cls, value: SecretStr) -> SecretStr:
+        # 키는 HTTP 헤더로 전달되므로 ASCII 여야 합니다 (한글 자리표시자를 그대로 쓰면 모든 요청이 실패).
+        if not value.get_secret_value().isascii():
+            raise ValueError("키에는 ASCII 문자만 쓸 수 있습니다 (HTTP 헤더로 전달됨)")
+        return value
+
 
 settings = Settings()
 # STARTER
 # # TODO 5 (lesson §6 '서비스 API 키'): pydantic-settings 의 BaseSettings 로 설정 클래스를 만드세요.
 # #   GOOGLE_API_KEY, GOOGLE_GEMINI_BASE_URL, SERVICE_API_KEY, LLM_MODEL(기본 gemini-3.5-flash),
 # #   LLM_TIMEOUT_SECONDS(기본 10), LLM_MAX_ATTEMPTS(기본 2), MAX_MESSAGE_CHARS(기본 4000)
-# #   를 환경 변수와 .env 에서 읽고, 비밀 값은 SecretStr 로 두세요.
+# #   를 환경 변수와 .env 에서 읽고, 비밀 값은 SecretStr 로 두세요. 채점기는 기본값이 아닌 값으로
+# #   채점합니다: 모델 이름과 글자 수 상한을 코드에 직접 쓰지 말고 설정에서 읽으세요.
 # END SOLUTION
 
 
@@ -109,11 +120,14 @@ class HealthResponse(BaseModel):
     model: str = Field(description="설정된 모델 이름")
 # STARTER
 # # TODO 1 (lesson §2 '요청/응답 모델'): pydantic 모델을 만드세요.
-# #   - ChatRequest: JSON 본문 {"message": "..."}; 1~MAX_MESSAGE_CHARS 글자, 공백만 있으면 안 됨,
+# #   - ChatRequest: JSON 본문 {"message": "..."}; 1~MAX_MESSAGE_CHARS(설정값) 글자, 공백만 있으면 안 됨,
 # #     모르는 필드는 거절 (ConfigDict(extra="forbid"))
 # #   - ChatResponse: {"response": str, "model": str,
 # #     "usage": {"input_tokens": int, "output_tokens": int, "total_tokens": int}}
 # #   - ErrorResponse: {"error": {"code": str, "message": str}}, HealthResponse: {"status", "model"}
+# #   - 본문 크기 상한: 요청 본문이 64 KiB 를 넘으면 JSON 을 파싱하기 전에 413 으로 거절하세요
+# #     (FastAPI 의 내장 본문 크기 제한. Content-Length 헤더가 없는 chunked 본문도 막혀야 합니다).
+# #     413 응답도 {"error": {"code": "payload_too_large", "message": "..."}} 모양이어야 합니다.
 # END SOLUTION
 
 
@@ -158,41 +172,9 @@ def retry_after_seconds(exc: Exception, default: int = 5) -> int:
     return default
 
 
-class BodySizeLimitMiddleware:
-    """본문이 max_bytes 보다 크면 JSON 을 파싱하기 전에 413 으로 거절합니다.
-
-    Content-Length 헤더를 먼저 보고, 헤더가 없는 (chunked) 본문은 읽는 동안 바이트를 셉니다.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_response(413, *HTTP_ERRORS[413])
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(status_code=413)  # 아래 http_error 핸들러가 JSON 으로 바꿈
-            return message
-
-        await self.app(scope, limited_receive, send)
 # STARTER
 # # TODO 4 (lesson §5 '업스트림 오류 다루기'): 오류를 {"error": {"code", "message"}} JSON 으로
 # #   바꾸는 도구를 만드세요 (예외 클래스, 응답 함수, 예외 핸들러).
-# # TODO 1 (lesson §2 '요청/응답 모델'): 요청 본문이 64 KiB 를 넘으면 JSON 을 파싱하기 전에
-# #   413 payload_too_large 로 거절하세요 (Content-Length 헤더와 실제로 읽은 바이트 모두 확인).
 # END SOLUTION
 
 
@@ -200,12 +182,13 @@ class BodySizeLimitMiddleware:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     # 클라이언트는 시작할 때 하나만 만들고 모든 요청이 같이 씁니다 (연결 풀 재사용).
+    # 설정은 모두 Settings 에서 직접 넘깁니다: 클라이언트는 .env 파일을 읽지 않습니다.
     app.state.llm = ChatGoogleGenerativeAI(
         model=settings.llm_model,
         api_key=settings.google_api_key,
-        base_url=settings.google_gemini_base_url,  # None 이면 SDK 가 GOOGLE_GEMINI_BASE_URL 을 읽음
+        base_url=settings.google_gemini_base_url,  # None 이면 Google (또는 환경 변수 GOOGLE_GEMINI_BASE_URL)
         timeout=settings.llm_timeout_seconds,  # 시도 한 번의 상한 (초)
-        max_retries=settings.llm_max_attempts,  # 총 시도 횟수. 빼면 SDK 기본 6번 (~33초)
+        max_retries=settings.llm_max_attempts,  # 총 시도 횟수. 빼면 langchain-google-genai 기본값 6
     )
     yield
     await app.state.llm.aclose()
@@ -216,8 +199,10 @@ app = FastAPI(
     version="0.2.0",
     description="MLOps 기초 Step 02 — Gemini 를 감싼 채팅 API. `/chat` 은 `X-API-Key` 헤더가 필요합니다.",
     lifespan=lifespan,
+    # FastAPI 의 내장 본문 크기 제한: 선언된 Content-Length 가 크면 본문을 읽기 전에, 헤더가 없는
+    # (chunked) 본문은 읽는 동안 센 바이트가 넘는 순간 413 을 냅니다. JSON 파싱 전에 거절됩니다.
+    max_body_size=MAX_BODY_BYTES,
 )
-app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
 
 
 @app.exception_handler(ApiError)
@@ -227,6 +212,11 @@ async def api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 @app.exception_handler(StarletteHTTPException)
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # UTF-8 이 아닌 본문: FastAPI 는 400 으로 답하지만 계약(OpenAPI 문서)의 형식 오류는 422 입니다.
+        error = {"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {},
+                 "ctx": {"error": "본문이 UTF-8 JSON 이 아닙니다"}}
+        return await request_validation_exception_handler(request, RequestValidationError([error]))
     code, message = HTTP_ERRORS.get(exc.status_code, ("http_error", "요청을 처리할 수 없습니다."))
     return error_response(exc.status_code, code, message, exc.headers)
 
@@ -242,8 +232,12 @@ def get_llm(request: Request) -> ChatGoogleGenerativeAI:
     return request.app.state.llm
 # STARTER
 # # TODO 3 (lesson §4 '타임아웃과 재시도 한도'): lifespan 에서 ChatGoogleGenerativeAI 를 한 번만
-# #   만들고 timeout=LLM_TIMEOUT_SECONDS, max_retries=LLM_MAX_ATTEMPTS 를 넘기세요
-# #   (max_retries 를 빼면 SDK 기본값 6번 시도, 429 가 계속되면 약 33초).
+# #   만들고, 설정(Settings)에서 읽은 값을 모두 클라이언트에 직접 넘기세요: model=, api_key=,
+# #   base_url= (GOOGLE_GEMINI_BASE_URL), timeout=LLM_TIMEOUT_SECONDS, max_retries=LLM_MAX_ATTEMPTS.
+# #   ChatGoogleGenerativeAI 는 .env 파일을 읽지 않으므로, api_key= 와 base_url= 을 빼면 README 대로
+# #   `cp .env.example .env` 로만 설정했을 때 키가 없다며 멈추거나 실제 Google 로 요청합니다.
+# #   max_retries 는 langchain-google-genai 의 시도 횟수 상한입니다 (빼면 기본값 6번, 429 가
+# #   계속되면 약 33초). google-genai SDK 자체는 재시도 옵션을 주지 않으면 재시도하지 않습니다.
 # # TODO 6 (lesson §7 '/health 와 OpenAPI 문서'): FastAPI(title=..., description=...) 로
 # #   /docs 에 보일 설명을 붙이세요.
 # app = FastAPI()

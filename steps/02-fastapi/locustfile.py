@@ -3,11 +3,11 @@
 서비스와 시뮬레이터를 띄운 뒤 (README.md 참고), 같은 폴더에서:
 
     # 화면 없이 (headless) 사용자 50명, 초당 50명씩 늘려 30초 동안. 끝나면 p50/p95/p99 표가 나옵니다.
-    SERVICE_API_KEY=change-me locust -f locustfile.py --host http://127.0.0.1:8000 \
+    SERVICE_API_KEY=lab-service-key locust -f locustfile.py --host http://127.0.0.1:8000 \
         --headless -u 50 -r 50 -t 30s
 
     # 웹 화면으로 (http://127.0.0.1:8089 에서 사용자 수를 바꿔 가며 그래프 보기)
-    SERVICE_API_KEY=change-me locust -f locustfile.py --host http://127.0.0.1:8000
+    SERVICE_API_KEY=lab-service-key locust -f locustfile.py --host http://127.0.0.1:8000
 
 채점기는 이 파일이 아니라 grader/scenarios/chat.py 를 씁니다. 마음껏 고쳐 보세요.
 """
