@@ -157,3 +157,45 @@ def test_section_checks_follow_the_manifest_hints():
     assert sorted(c for ids in by_section.values() for c in ids) == sorted(c.id for c in step.checks), (
         "every step02 check's hint must name one lesson section (lesson.ipynb §N)")
     assert lesson.section_checks("step02", "§7") == lesson.section_checks("step02", 7)
+
+
+READY = [s for s in __import__("coursekit.manifest", fromlist=["load"]).load().steps if s.status == "ready"]
+
+
+@pytest.mark.parametrize("step", READY, ids=[s.id for s in READY])
+def test_every_lesson_section_ends_with_its_self_check(step):
+    """DESIGN §8.6: each lesson section with checks has a self-check cell grading exactly those checks,
+    and no code cell reads solutions/."""
+    import json
+    import re
+
+    nb = json.loads((REPO_ROOT / "steps" / step.folder / step.notebook).read_text(encoding="utf-8"))
+    sections: dict[str, list[str]] = {}
+    current = None
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        if cell["cell_type"] == "markdown":
+            for line in src.splitlines():
+                m = re.match(r"^##\s+§\s*(\d+)\b", line)
+                if m:
+                    current = m.group(1)
+                    sections.setdefault(current, [])
+        elif current is not None:
+            sections[current].append(src)
+        if cell["cell_type"] == "code":
+            assert not re.search(r"""["'/]solutions\b|\bsolutions["'/]""", src), (
+                f"{step.notebook}: a lesson never reads solutions/:\n{src[:300]}")
+    problems = []
+    for n in sorted({*sections, *(str(i) for i in range(20) if lesson.section_checks(step.id, i))}, key=int):
+        wanted = set(lesson.section_checks(step.id, n))
+        if not wanted:
+            continue
+        cells = [c for c in sections.get(n, []) if "self_check(" in c]
+        covered = set()
+        for c in cells:
+            if re.search(rf"section\s*=\s*['\"]?§?{n}\b", c):
+                covered |= wanted
+            covered |= {cid for cid in wanted if cid in c}
+        if wanted - covered:
+            problems.append(f"§{n}: 셀프 체크가 없는 항목 {sorted(wanted - covered)}")
+    assert not problems, f"{step.id} {step.notebook}: " + "; ".join(problems)
