@@ -320,6 +320,10 @@ def test_docs_workflow_builds_with_the_project_commands_and_deploys_to_pages():
     uses = [s.get("uses", "") for s in build_steps]
     runs = " ".join(s.get("run", "") for s in build_steps)
     assert "make docs-build" in runs
+    # the public site is built like the copy an instructor hands out: without solutions/
+    remove = next((i for i, s in enumerate(build_steps) if "rm -rf solutions" in s.get("run", "")), None)
+    build = next(i for i, s in enumerate(build_steps) if "make docs-build" in s.get("run", ""))
+    assert remove is not None and remove < build, "docs.yml 이 solutions/ 를 지운 뒤 빌드하지 않습니다"
     assert any(u.startswith("actions/configure-pages@") for u in uses)
     assert any(u.startswith("actions/upload-pages-artifact@") for u in uses)
     upload = next(s for s in build_steps if s.get("uses", "").startswith("actions/upload-pages-artifact@"))

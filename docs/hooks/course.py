@@ -9,7 +9,10 @@ What it does (all from coursekit/course.toml, so nothing is listed twice):
   without its notebook fails the build;
 * generates the exercise page of steps that have no hand-written docs/steps/<folder>/exercise.md;
 * replaces ``<!-- course:... -->`` markers in pages with tables and diagrams generated from
-  the manifest (checks, hints, checklist items, step list, architecture, code snippets);
+  the manifest (checks, hints, checklist items, step list, architecture, code snippets of the
+  starters in steps/);
+* fails the build when a page would include a file of solutions/ (the site is public; it is
+  built and tested from a copy without solutions/, see tests/test_docs.py);
 * starts a local Gemini simulator (coursekit.simulator.SimulatorProcess) for the build and
   points the notebook kernels at it through GOOGLE_GEMINI_BASE_URL / GOOGLE_API_KEY;
   stops it when the build ends (also on error and when ``mkdocs serve`` shuts down);
