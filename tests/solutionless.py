@@ -84,7 +84,7 @@ def distinctive_solution_lines(root: Path = ROOT, min_length: int = 25) -> dict[
             for raw in answer:
                 line = _norm(raw)
                 if (len(line) >= min_length and line not in shared and line not in lines
-                        and not IMPORT.match(line)):
+                        and not IMPORT.match(line) and line not in GENERIC):
                     lines.append(line)
             if lines:
                 out[f.relative_to(root).as_posix()] = lines
@@ -92,6 +92,13 @@ def distinctive_solution_lines(root: Path = ROOT, min_length: int = 25) -> dict[
 
 
 IMPORT = re.compile(r"^(from\s+\S+\s+)?import\s")
+
+# Lines a solution shares with any FastAPI/pydantic program: naming the API a lesson teaches is
+# not giving the answer away (the lessons show these on sibling cases).
+GENERIC = {
+    "model_config = ConfigDict(",
+    "@app.exception_handler(Exception)",
+}
 
 
 def _norm(line: str) -> str:
