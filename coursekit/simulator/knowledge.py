@@ -8,6 +8,12 @@ exposed so that later steps can measure accuracy / relevance:
     >>> knowledge.lookup("요금제가 어떻게 돼요?").id
     'billing-plans'
     >>> knowledge.search("API 키 유출", k=3)   # [(entry, score), ...]
+    >>> knowledge.expected_facts("billing-plans")
+    ('세 가지', '100만 토큰', '99.95%')
+
+Each entry also carries `facts` (short strings every correct answer contains) and `wrong`
+(replacements that turn the answer into a confident wrong one, with none of the facts left):
+the data an evaluation set needs (see coursekit.simulator.evaluation).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Entry", "KB_PATH", "entries", "get", "lookup", "search", "score", "relevance", "THRESHOLD"]
+__all__ = ["Entry", "KB_PATH", "entries", "get", "lookup", "search", "score", "relevance", "THRESHOLD",
+           "expected_facts", "must_refuse", "has_fact", "missing_facts", "sentences", "brief_answer",
+           "wrong_answer"]
 
 KB_PATH = Path(__file__).resolve().parent.parent / "data" / "knowledge_base.toml"
 THRESHOLD = 0.34
@@ -33,24 +41,97 @@ class Entry:
     questions: tuple[str, ...]
     keywords: tuple[str, ...]
     answer: str
+    facts: tuple[str, ...] = ()                 # strings a correct answer contains
+    wrong: tuple[tuple[str, str], ...] = ()     # (part of answer, replacement) -> hallucination
+
+
+@lru_cache(maxsize=1)
+def _data() -> dict:
+    with KB_PATH.open("rb") as f:
+        return tomllib.load(f)
 
 
 @lru_cache(maxsize=1)
 def entries() -> tuple[Entry, ...]:
-    with KB_PATH.open("rb") as f:
-        data = tomllib.load(f)
     return tuple(
         Entry(id=e["id"], category=e["category"], questions=tuple(e["questions"]),
-              keywords=tuple(e.get("keywords", ())), answer=e["answer"])
-        for e in data["entries"]
+              keywords=tuple(e.get("keywords", ())), answer=e["answer"],
+              facts=tuple(e.get("facts", ())), wrong=tuple(tuple(w) for w in e.get("wrong", ())))
+        for e in _data()["entries"]
     )
 
 
+@lru_cache(maxsize=1)
+def _by_id() -> dict[str, Entry]:
+    return {e.id: e for e in entries()}
+
+
+def expected_facts(entry_id: str) -> tuple[str, ...]:
+    """The facts a correct answer to this entry contains (KeyError for an unknown id)."""
+    return get(entry_id).facts
+
+
+def must_refuse() -> tuple[str, ...]:
+    """Example questions outside the knowledge base (lookup() is None): a grounded prompt refuses them."""
+    return tuple(_data().get("must_refuse", {}).get("questions", ()))
+
+
+def _fact_norm(text: str) -> str:
+    return "".join(text.casefold().split())
+
+
+def has_fact(text: str, fact: str) -> bool:
+    """Whether `text` contains `fact`, ignoring case and all whitespace ("30만 원" == "30만원")."""
+    return _fact_norm(fact) in _fact_norm(text)
+
+
+def missing_facts(text: str, facts) -> tuple[str, ...]:
+    """The facts that `text` does not contain (same comparison as has_fact)."""
+    norm = _fact_norm(text)
+    return tuple(f for f in facts if _fact_norm(f) not in norm)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """Split at '.', '?' or '!' followed by whitespace."""
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
+@lru_cache(maxsize=256)
+def _brief_indexes(entry_id: str) -> tuple[int, ...]:
+    e = get(entry_id)
+    parts = sentences(e.answer)
+    keep = tuple(i for i, s in enumerate(parts) if not e.facts or any(has_fact(s, f) for f in e.facts))
+    return keep or (0,)
+
+
+def _perturb(text: str, wrong) -> str:
+    for old, new in wrong:
+        text = text.replace(old, new)
+    return text
+
+
+@lru_cache(maxsize=256)
+def brief_answer(entry_id: str) -> str:
+    """The answer under a brevity rule: only the sentences that carry an expected fact."""
+    parts = sentences(get(entry_id).answer)
+    return " ".join(parts[i] for i in _brief_indexes(entry_id))
+
+
+@lru_cache(maxsize=512)
+def wrong_answer(entry_id: str, brief: bool = False) -> str:
+    """The confident wrong answer of a model that invents (the `wrong` replacements applied)."""
+    e = get(entry_id)
+    return _perturb(brief_answer(entry_id) if brief else e.answer, e.wrong)
+
+
 def get(entry_id: str) -> Entry:
-    for e in entries():
-        if e.id == entry_id:
-            return e
-    raise KeyError(entry_id)
+    try:
+        return _by_id()[entry_id]
+    except KeyError:
+        raise KeyError(entry_id) from None
 
 
 def _norm(text: str) -> str:

@@ -41,6 +41,7 @@ class ModelProfile:
     tail_max: float
     kb_recall: float
     thinking: bool
+    hallucination_rate: float = 0.0  # P(invents a wrong answer | does not know the entry, no grounding rule)
     thinking_ratio: float = 0.0
     answer_style: str = "standard"
     known: bool = True  # False when an unknown name is served with the default profile
