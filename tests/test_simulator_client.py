@@ -212,3 +212,29 @@ def test_malformed_200_is_not_a_model_error(client_env):
     assert isinstance(info.value, ValueError) and not isinstance(info.value, ModelError)
     s = client_env.stats()
     assert s["faults"]["malformed"] == s["requests_total"] == 3   # not retried
+
+
+# ---- prompts: a SystemMessage is the systemInstruction the simulator reads ---------------------------
+def test_system_message_is_sent_as_system_instruction_and_its_rules_apply(client_env):
+    from coursekit.simulator import prompts
+    from coursekit.simulator.generate import invents
+
+    grounded = "너는 하늘클라우드 상담원이다. 제공된 정보로만 답하고, 모르면 모른다고 답하세요."
+    brief = "너는 하늘클라우드 상담원이다. 한두 문장으로 간결하게 답하세요."
+    weak = llm("gemini-2.0-flash-lite")
+    e = next(e for e in knowledge.entries() if invents("gemini-2.0-flash-lite", e.id))
+    assert weak.invoke(e.questions[0]).text == knowledge.wrong_answer(e.id)           # invents without the rule
+    r = weak.invoke([SystemMessage(grounded), HumanMessage(e.questions[0])])
+    assert r.text == prompts.REFUSAL_TEXT                                              # refuses with it
+    row = client_env.requests(1)[0]
+    # the SystemMessage travelled as systemInstruction (its exact text), not as a user turn
+    assert row["system_hash"] == prompts.system_hash(grounded) and row["grounding"] is True
+    assert row["question"] == e.questions[0] and row["outcome"] == "refused"
+
+    flash = llm()
+    q = "쿠버네티스로 서비스를 옮기면 좋은 점이 뭔가요?"
+    long, short = flash.invoke(q), flash.invoke([SystemMessage(brief), HumanMessage(q)])
+    assert short.usage_metadata["output_tokens"] < long.usage_metadata["output_tokens"] / 2
+    assert client_env.requests(1)[0]["brevity"] is True
+    s = client_env.stats()["outcomes_by_model"]
+    assert s["gemini-2.0-flash-lite"]["hallucinated"] == 1 and s["gemini-3.5-flash"]["generic"] == 2

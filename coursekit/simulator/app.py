@@ -27,8 +27,12 @@ import orjson
 
 from . import errors
 from .config import DEFAULTS, ConfigError, validate
+from . import knowledge
+from .evaluation import grade
+from .generate import OUTCOMES
 from .generate import answer as make_answer
 from .models import known_models, profile
+from .prompts import rules as prompt_rules
 from .tokens import count_request_tokens, count_tokens, split_tokens
 
 __all__ = ["Simulator", "create_app"]
@@ -39,6 +43,10 @@ _MAX_BODY = 20 * 1024 * 1024
 _CHUNK_TOKENS = 12          # tokens per SSE chunk
 _JSON_HEADERS = [(b"content-type", b"application/json; charset=UTF-8")]
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+REQUEST_LOG_SIZE = 1000     # answered requests kept for GET /_sim/requests
+_QUESTION_CHARS = 300       # question text kept per logged request
+_LOG_FIELDS = ("seq", "time", "model", "action", "key", "question", "system_hash", "grounding", "brevity",
+               "entry_id", "outcome", "input_tokens", "output_tokens", "thoughts_tokens", "finish_reason")
 
 
 class _Reply(Exception):
@@ -68,11 +76,15 @@ class Simulator:
         self.seq = 0
         self.in_flight = 0
         self.windows: dict[str, deque] = {}
+        self.log: deque[tuple] = deque(maxlen=REQUEST_LOG_SIZE)
         self.counters = {
             "requests_total": 0,
             "by_model": {}, "by_key": {}, "by_status": {}, "by_action": {},
             "tokens": {"input": 0, "output": 0, "thoughts": 0},
             "tokens_by_model": {},
+            "outcomes": dict.fromkeys(OUTCOMES, 0),
+            "outcomes_by_model": {},
+            "by_system": {},
             "faults": {"error_429": 0, "error_500": 0, "error_503": 0, "hang": 0, "quota_429": 0,
                        "malformed": 0},
         }
@@ -94,6 +106,16 @@ class Simulator:
         s["in_flight"] = self.in_flight
         s["uptime_seconds"] = round(time.time() - self.started_at, 3)
         return s
+
+    def requests(self, limit: int | None = None) -> list[dict]:
+        """The last `limit` answered requests (oldest first), as dicts with _LOG_FIELDS."""
+        rows = list(self.log)
+        if limit is not None:
+            rows = rows[-limit:] if limit > 0 else []
+        out = [dict(zip(_LOG_FIELDS, row)) for row in rows]
+        for row in out:
+            row["time"] = round(row["time"], 3)
+        return out
 
     def _inc(self, table: str, key: str) -> None:
         d = self.counters[table]
@@ -124,7 +146,7 @@ class Simulator:
         path: str = scope["path"]
         method: str = scope["method"]
         if path.startswith("/_sim/"):
-            await self._admin(path, method, receive, send)
+            await self._admin(scope, path, method, receive, send)
             return
         m = _ROUTE.match(path)
         if m is None:
@@ -148,7 +170,7 @@ class Simulator:
             self.in_flight -= 1
 
     # ---- admin API -------------------------------------------------------------
-    async def _admin(self, path, method, receive, send):
+    async def _admin(self, scope, path, method, receive, send):
         def reply(obj, status=200):
             return self._send(send, status, orjson.dumps(obj), count=False)
 
@@ -156,6 +178,17 @@ class Simulator:
             return await reply({"status": "ok", "service": "gemini-simulator"})
         if path == "/_sim/stats" and method == "GET":
             return await reply(self.stats())
+        if path == "/_sim/requests" and method == "GET":
+            qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            raw_limit = (qs.get("limit") or [None])[0]
+            try:
+                limit = None if raw_limit in (None, "") else int(raw_limit)
+                if limit is not None and limit < 0:
+                    raise ValueError
+            except ValueError:
+                return await reply({"error": f"limit 은 0 이상의 정수여야 합니다: {raw_limit!r}"}, 400)
+            rows = self.requests(limit)
+            return await reply({"requests": rows, "count": len(rows), "log_size": REQUEST_LOG_SIZE})
         if path == "/_sim/reset" and method == "POST":
             raw = await _read_body(receive)
             try:
@@ -283,11 +316,14 @@ class Simulator:
                 return
 
         prompt = _prompt_text(contents)
-        ans = make_answer(prompt, model, self.config["seed"], thinking_budget=budget)
-        text, out_tokens, finish = ans.text, ans.output_tokens, "STOP"
+        system_text = _system_text(system)
+        ans = make_answer(prompt, model, self.config["seed"], thinking_budget=budget, system=system_text)
+        text, out_tokens, finish, outcome = ans.text, ans.output_tokens, "STOP", ans.outcome
         if max_out is not None and out_tokens > max_out:
             text, out_tokens, finish = _truncate(text, max_out), None, "MAX_TOKENS"
             out_tokens = count_tokens(text)
+            # a cut answer may lose its facts: the outcome is what its text shows
+            outcome = grade(text, knowledge.expected_facts(ans.matched_id) if ans.matched_id else ())
         prompt_tokens = count_request_tokens(contents, system)
         usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
                  "totalTokenCount": prompt_tokens + out_tokens + ans.thoughts_tokens,
@@ -297,6 +333,11 @@ class Simulator:
         self.seq += 1
         rid = base64.urlsafe_b64encode(self.seq.to_bytes(6, "big") + self.rng.randbytes(9)).decode()
 
+        r = prompt_rules(system_text)
+        record = (self.seq, time.time(), model, action, key, prompt[:_QUESTION_CHARS], r.system_hash,
+                  r.grounding, r.brevity, ans.matched_id, outcome, prompt_tokens, out_tokens,
+                  ans.thoughts_tokens, finish)
+
         ttft, per_token = self._latency(model)
         if action == "generateContent":
             delay = ttft + (out_tokens + ans.thoughts_tokens) * per_token
@@ -305,10 +346,11 @@ class Simulator:
             body = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
                                     "finishReason": finish, "index": 0}],
                     "usageMetadata": usage, "modelVersion": model, "responseId": rid}
-            self._account(model, usage)
+            self._account(model, usage, record)
             await self._send(send, 200, orjson.dumps(body))
             return
-        await self._stream(send, model, text, finish, usage, rid, ttft + ans.thoughts_tokens * per_token, per_token)
+        await self._stream(send, model, text, finish, usage, rid, ttft + ans.thoughts_tokens * per_token, per_token,
+                           record)
 
     async def _malformed(self, send, action, model):
         """HTTP 200 whose body is a GenerateContentResponse cut in half (invalid JSON): the real
@@ -322,7 +364,7 @@ class Simulator:
         else:
             await self._send(send, 200, b"data: " + cut + b"\r\n\r\n", headers=_SSE_HEADERS)
 
-    async def _stream(self, send, model, text, finish, usage, rid, first_delay, per_token):
+    async def _stream(self, send, model, text, finish, usage, rid, first_delay, per_token, record):
         pieces = split_tokens(text)
         chunks: list[tuple[str, int]] = []
         buf, n = [], 0
@@ -335,7 +377,7 @@ class Simulator:
         if buf or not chunks:
             chunks.append(("".join(buf), n))
         self._inc("by_status", "200")
-        self._account(model, usage)
+        self._account(model, usage, record)
         if first_delay > 0:
             await asyncio.sleep(first_delay)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
@@ -359,7 +401,18 @@ class Simulator:
         await self._send(send, 200, orjson.dumps(
             {"totalTokens": n, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}]}))
 
-    def _account(self, model, usage):
+    def _account(self, model, usage, record):
+        c = self.counters
+        outcome = record[10]
+        c["outcomes"][outcome] += 1
+        om = c["outcomes_by_model"].get(model)
+        if om is None:
+            om = c["outcomes_by_model"][model] = dict.fromkeys(OUTCOMES, 0)
+        om[outcome] += 1
+        by_system = c["by_system"]
+        sh = record[6] or "none"
+        by_system[sh] = by_system.get(sh, 0) + 1
+        self.log.append(record)
         t = self.counters["tokens"]
         t["input"] += usage["promptTokenCount"]
         t["output"] += usage["candidatesTokenCount"]
@@ -452,6 +505,17 @@ def _validate_generate(req: dict) -> tuple[list, dict | None]:
     if gen is not None and not isinstance(gen, dict):
         raise _Reply(*errors.invalid_argument("Invalid value at 'generation_config': expected an object."))
     return contents, system
+
+
+def _system_text(system: dict | None) -> str | None:
+    """All text parts of the systemInstruction, joined by newlines (None when there is none)."""
+    if not system:
+        return None
+    parts = system.get("parts")
+    if not isinstance(parts, list):
+        return None
+    texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return "\n".join(texts) or None
 
 
 def _prompt_text(contents: list) -> str:

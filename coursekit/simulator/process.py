@@ -150,6 +150,12 @@ class SimulatorProcess:
     def stats(self) -> dict:
         return self._req("GET", "/_sim/stats")
 
+    def requests(self, limit: int | None = None) -> list[dict]:
+        """The last `limit` answered generate/stream requests, oldest first (GET /_sim/requests):
+        model, question, system_hash, grounding, brevity, entry_id, outcome, tokens, ..."""
+        params = {"limit": limit} if limit is not None else None
+        return self._req("GET", "/_sim/requests", params=params)["requests"]
+
     def reset(self, config: bool = False) -> dict:
         """Counters, quota windows and RNG back to the start; config=True also restores the
         configuration the simulator was started with."""
