@@ -53,6 +53,7 @@ RUN_HERE: dict[str, str] = {
     "curl * http://127.0.0.1:8000/*": "test_step02_service_commands_in_a_lab_terminal",
     "curl -s http://127.0.0.1:8000/*": "test_step02_service_commands_in_a_lab_terminal",
     "curl *$GOOGLE_GEMINI_BASE_URL/_sim/*": "test_step02_service_commands_in_a_lab_terminal",
+    'curl -s -X POST "http://127.0.0.1:8000/chat" -G': "test_step01_chat_curl_against_the_containers_app",
 }
 
 
@@ -433,3 +434,34 @@ def test_step02_service_commands_in_a_lab_terminal(tmp_path):
             finally:
                 bg.stop()
             sim.reset(config=True)
+
+
+# ---------------------------------------------------------------------------- step 01 container request
+def test_step01_chat_curl_against_the_containers_app(tmp_path):
+    """The step 01 README's /chat request (sent to the container) is run against the same app the
+    container runs (the step's main.py under uvicorn, make lab's environment): it must answer 200.
+    The raw-Korean query string it once had got `400 Invalid HTTP request`."""
+    from coursekit import cli
+
+    folder = tmp_path / "01-docker"
+    shutil.copytree(REPO_ROOT / "steps" / "01-docker", folder,
+                    ignore=shutil.ignore_patterns(".env", "__pycache__", ".venv", "*.ipynb"))
+    curls = documented('curl -s -X POST "http://127.0.0.1:8000/chat" -G')
+    assert curls
+    with SimulatorProcess(latency="zero") as sim:
+        env = cli.lab_environment(_env(), sim.base_url)
+        port = free_port()
+        bg = Background(f"uvicorn main:app --host 127.0.0.1 --port {port}", folder, env,
+                        tmp_path / f"uvicorn-{port}.log")
+        try:
+            bg.wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/docs", timeout=2).status_code == 200,
+                        "/docs 에 답", timeout=60)
+            for c in curls:
+                cmd = c.text.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+                cmd = re.sub(r"^curl ", "curl -sS -o /dev/stderr -w '%{http_code}' ", cmd)
+                r = subprocess.run(["bash", "-c", cmd], cwd=folder, env=env, capture_output=True,
+                                   text=True, timeout=60)
+                assert r.returncode == 0 and r.stdout.startswith("200"), (
+                    f"{c.where}: `{c.text}` → HTTP {r.stdout}: {r.stderr}")
+        finally:
+            bg.stop()
