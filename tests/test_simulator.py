@@ -197,6 +197,12 @@ def _err(r):
     ("/v1/models/gemini-3.5-flash:generateContent", b'{"contents": [{"parts": [{"text": "a"}]}],'
                                                     b' "generationConfig": {"maxOutputTokens": -1}}', 400,
      "INVALID_ARGUMENT"),
+    ("/v1/models/gemini-3.5-pro:generateContent", b'{"contents": [{"parts": [{"text": "a"}]}],'
+                                                  b' "generationConfig": {"thinkingConfig": {"thinkingBudget": [1]}}}',
+     400, "INVALID_ARGUMENT"),
+    ("/v1/models/gemini-3.5-pro:generateContent", b'{"contents": [{"parts": [{"text": "a"}]}],'
+                                                  b' "generationConfig": {"thinkingConfig": [1]}}', 400,
+     "INVALID_ARGUMENT"),
     ("/v1/models/gemini-3.5-flash:fooBar", b'{}', 404, "NOT_FOUND"),
     ("/v2/something", b'{}', 404, "NOT_FOUND"),
 ])

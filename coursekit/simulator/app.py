@@ -30,7 +30,7 @@ from .config import DEFAULTS, ConfigError, validate
 from . import knowledge
 from .evaluation import grade
 from .generate import OUTCOMES
-from .generate import answer as make_answer
+from .generate import answer_with_rules
 from .models import known_models, profile
 from .prompts import rules as prompt_rules
 from .tokens import count_request_tokens, count_tokens, split_tokens
@@ -270,7 +270,12 @@ class Simulator:
         contents, system = _validate_generate(req)
         gen = req.get("generationConfig") or {}
         think = gen.get("thinkingConfig") or {}
+        if not isinstance(think, dict):
+            raise _Reply(*errors.invalid_argument("Invalid value at 'generation_config.thinking_config'."))
         budget = think.get("thinkingBudget", think.get("thinking_budget"))
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)):
+            raise _Reply(*errors.invalid_argument(
+                "Invalid value at 'generation_config.thinking_config.thinking_budget' (TYPE_INT32)."))
         max_out = gen.get("maxOutputTokens", gen.get("max_output_tokens"))
         if max_out is not None and (not isinstance(max_out, int) or isinstance(max_out, bool) or max_out <= 0):
             raise _Reply(*errors.invalid_argument(
@@ -316,8 +321,8 @@ class Simulator:
                 return
 
         prompt = _prompt_text(contents)
-        system_text = _system_text(system)
-        ans = make_answer(prompt, model, self.config["seed"], thinking_budget=budget, system=system_text)
+        r = prompt_rules(_system_text(system))
+        ans = answer_with_rules(prompt, model, self.config["seed"], budget, r.grounding, r.brevity)
         text, out_tokens, finish, outcome = ans.text, ans.output_tokens, "STOP", ans.outcome
         if max_out is not None and out_tokens > max_out:
             text, out_tokens, finish = _truncate(text, max_out), None, "MAX_TOKENS"
@@ -333,7 +338,6 @@ class Simulator:
         self.seq += 1
         rid = base64.urlsafe_b64encode(self.seq.to_bytes(6, "big") + self.rng.randbytes(9)).decode()
 
-        r = prompt_rules(system_text)
         record = (self.seq, time.time(), model, action, key, prompt[:_QUESTION_CHARS], r.system_hash,
                   r.grounding, r.brevity, ans.matched_id, outcome, prompt_tokens, out_tokens,
                   ans.thoughts_tokens, finish)
@@ -509,7 +513,7 @@ def _validate_generate(req: dict) -> tuple[list, dict | None]:
 
 def _system_text(system: dict | None) -> str | None:
     """All text parts of the systemInstruction, joined by newlines (None when there is none)."""
-    if not system:
+    if system is None:
         return None
     parts = system.get("parts")
     if not isinstance(parts, list):

@@ -160,9 +160,16 @@ def _compose(prompt: str, model: str, seed: int, grounded: bool = False,
 def answer(prompt: str, model: str, seed: int = 0, max_output_tokens: int | None = None,
            thinking_budget: int | None = None, system: str | None = None) -> Answer:
     """The model's answer to `prompt` (the last user turn) under the system instruction `system`."""
-    p = profile(model)
     r = rules(system)
-    text, entry_id, matched_id, outcome = _compose(prompt, p.name, seed, r.grounding, r.brevity)
+    return answer_with_rules(prompt, model, seed, thinking_budget, r.grounding, r.brevity)
+
+
+@lru_cache(maxsize=8192)
+def answer_with_rules(prompt: str, model: str, seed: int = 0, thinking_budget: int | None = None,
+                      grounding: bool = False, brevity: bool = False) -> Answer:
+    """answer() once the system instruction's rules are known (cached: the simulator's hot path)."""
+    p = profile(model)
+    text, entry_id, matched_id, outcome = _compose(prompt, p.name, seed, grounding, brevity)
     out = count_tokens(text)
     thoughts = 0
     if p.thinking and thinking_budget != 0:
