@@ -14,17 +14,37 @@ Files that live only in `steps/` (the lesson notebook, outputs) are left alone.
 
 Any malformed or leftover marker fails the generation loudly, so a solution can never
 leak into a starter (the failure mode otter/nbgrader users report).
+
+Carry-forward (steps are cumulative, DESIGN.md 8.2): a step whose manifest block says
+`builds_on = ["step02", "step01"]` starts from those steps' finished files. For every file of
+those solution folders (the first listed step that has it wins; README.md and step-only files
+excepted), the step's own solution folder holds either
+
+* the previous step's finished text, byte for byte (`write_all` copies it forward), or
+* a marked file whose *base* equals it: the file with this step's solution lines removed and
+  its starter regions reduced to their non-comment lines (the old code a TODO replaces).
+  So this step's changes live only inside its own `# BEGIN SOLUTION` regions, and the
+  starter is "the previous step's finished code + this step's TODOs" (DESIGN.md 2).
+  When the previous step changes, `write_all` replays the change with `git merge-file`
+  (a three-way merge against the recorded base) and reports a conflict instead of guessing.
+
+`check_all` fails on any drift, naming the file and the first differing line.
 """
 
 from __future__ import annotations
 
+import difflib
 import shutil
+import subprocess
+import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import REPO_ROOT
 
-__all__ = ["MarkerError", "render", "generate_step", "plan", "check_all", "write_all"]
+__all__ = ["MarkerError", "render", "finished", "base", "generate_step", "plan", "carry_plan", "check_carry",
+           "write_carry", "check_all", "write_all"]
 
 BEGIN = "# BEGIN SOLUTION"
 STARTER = "# STARTER"
@@ -36,6 +56,8 @@ IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".venv", "venv", ".env", ".ipyn
 IGNORED_SUFFIXES = {".pyc"}
 # Files only the learner's folder has (not generated, not compared).
 STEP_ONLY = {"lesson.ipynb"}
+# Files every step writes for itself (never carried forward from the previous step).
+NOT_CARRIED = {"README.md"}
 
 
 class MarkerError(ValueError):
@@ -102,6 +124,167 @@ def render(text: str, source: str = "<text>") -> str:
     return result
 
 
+def _regions(text: str, source: str = "<text>"):
+    """(kind, line) for every line: kind is code, solution, starter (already uncommented) or marker."""
+    render(text, source)  # validates the markers (same errors as the starter generator)
+    state, indent = "code", ""
+    for line in text.splitlines(keepends=True):
+        if state == "code" and _is_marker(line, BEGIN):
+            state, indent = "solution", line[: len(line) - len(line.lstrip())]
+            yield "marker", line
+        elif state == "solution" and _is_marker(line, STARTER):
+            state = "starter"
+            yield "marker", line
+        elif state == "starter" and _is_marker(line, END):
+            state = "code"
+            yield "marker", line
+        elif state == "starter":
+            if not line.strip():
+                yield "starter", line
+                continue
+            body = line[len(indent) + 1:]
+            body = body[1:] if body.startswith(" ") else body
+            yield "starter", (indent + body if body.strip() else body)
+        else:
+            yield state, line
+
+
+def finished(text: str, source: str = "<text>") -> str:
+    """The finished code of a marked solution file: solution lines kept, starter lines and markers dropped."""
+    return "".join(line for kind, line in _regions(text, source) if kind in ("code", "solution"))
+
+
+def base(text: str, source: str = "<text>") -> str:
+    """What a step's file was before this step's work: its starter without this step's TODO comments.
+
+    Code outside the markers is kept; a solution region is replaced by the non-comment lines of
+    its starter (the old code it changes, if any). For a step that builds on another, this must
+    equal the previous step's finished file."""
+    return "".join(
+        line for kind, line in _regions(text, source)
+        if kind == "code" or (kind == "starter" and not line.lstrip().startswith("#"))
+    )
+
+
+def _has_markers(text: str) -> bool:
+    return BEGIN in text or END in text or "BEGIN SOLUTION" in text
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class Carried:
+    """One file a step carries forward from an earlier step's solution."""
+
+    source: Path       # solutions/<earlier step>/<rel>
+    target: Path       # solutions/<this step>/<rel>
+    expected: bytes    # the earlier step's finished file
+
+
+def _builds_on(root: Path) -> dict[str, list[str]]:
+    """{step folder: [folders it builds on, first wins]} from the manifest's `builds_on` lists."""
+    manifest = root / "coursekit" / "course.toml"
+    if not manifest.is_file():
+        return {}
+    with open(manifest, "rb") as fh:
+        steps = tomllib.load(fh).get("steps", [])
+    folders = {s["id"]: s["folder"] for s in steps}
+    out = {}
+    for s in steps:
+        if s.get("builds_on"):
+            out[s["folder"]] = [folders[b] for b in s["builds_on"]]
+    return out
+
+
+def carry_plan(root: Path = REPO_ROOT) -> list[Carried]:
+    """Every file that a step's solution folder carries forward from the steps it builds on."""
+    planned = []
+    solutions = root / "solutions"
+    for folder, sources in _builds_on(root).items():
+        if not (solutions / folder).is_dir():
+            continue
+        seen: set[Path] = set()
+        for src_folder in sources:
+            for path, rel in _files(solutions / src_folder):
+                if rel in seen or rel.name in STEP_ONLY or rel.name in NOT_CARRIED:
+                    continue
+                seen.add(rel)
+                text = _text(path)
+                expected = path.read_bytes() if text is None else finished(text, str(path)).encode("utf-8")
+                planned.append(Carried(path, solutions / folder / rel, expected))
+    return planned
+
+
+def _first_difference(expected: str, got: str) -> str:
+    diff = list(difflib.unified_diff(expected.splitlines(), got.splitlines(), "이전 단계", "이 단계", n=0, lineterm=""))
+    return "\n".join(diff[2:8])
+
+
+def _carry_problem(c: Carried, root: Path) -> str | None:
+    rel, src = c.target.relative_to(root), c.source.relative_to(root)
+    if not c.target.exists():
+        return f"{rel}: 없음 ({src} 에서 이어받아야 함)"
+    raw = c.target.read_bytes()
+    text = _text(c.target)
+    if text is not None and _has_markers(text) and not raw == c.expected:
+        got = base(text, str(c.target))
+        if got.encode("utf-8") == c.expected:
+            return None
+        return (f"{rel}: 이 단계의 솔루션 구역 밖이 {src} 의 완성본과 다름 (이전 단계 코드를 손으로 고치지 말고 "
+                f"`course starters --write` 로 이어받으세요)\n{_first_difference(c.expected.decode('utf-8'), got)}")
+    if raw != c.expected:
+        detail = _first_difference(c.expected.decode("utf-8"), text) if text is not None else "(바이너리)"
+        return f"{rel}: {src} 의 완성본과 다름 (바이트 단위로 같아야 함)\n{detail}"
+    return None
+
+
+def check_carry(root: Path = REPO_ROOT) -> list[str]:
+    """Drift between steps: carried files that differ from the earlier step's finished files."""
+    return [p for c in carry_plan(root) if (p := _carry_problem(c, root))]
+
+
+def _merge(target: Path, old_base: str, new_base: bytes) -> str | None:
+    """Replay the earlier step's change (old_base -> new_base) on target with git merge-file."""
+    with tempfile.TemporaryDirectory(prefix="carry-") as tmp:
+        cur, old, new = Path(tmp, "current"), Path(tmp, "base"), Path(tmp, "other")
+        cur.write_bytes(target.read_bytes())
+        old.write_text(old_base, encoding="utf-8")
+        new.write_bytes(new_base)
+        proc = subprocess.run(["git", "merge-file", "-p", str(cur), str(old), str(new)],
+                              capture_output=True)
+    return proc.stdout.decode("utf-8") if proc.returncode == 0 else None
+
+
+def write_carry(root: Path = REPO_ROOT) -> tuple[list[Path], list[str]]:
+    """Carry earlier steps' finished files forward into the solutions that build on them.
+
+    Returns (files written, conflicts). Unmarked files are copied byte for byte; a marked file
+    gets the earlier step's change merged in (git merge-file), or is left alone and reported."""
+    written, conflicts = [], []
+    for c in carry_plan(root):
+        if _carry_problem(c, root) is None:
+            continue
+        text = _text(c.target) if c.target.exists() else None
+        if text is not None and _has_markers(text):
+            merged = _merge(c.target, base(text, str(c.target)), c.expected)
+            if merged is None or base(merged, str(c.target)).encode("utf-8") != c.expected:
+                conflicts.append(f"{c.target.relative_to(root)}: {c.source.relative_to(root)} 의 변경을 자동으로 "
+                                 "합치지 못했습니다. 솔루션 구역 밖을 이전 단계와 같게 손으로 맞추세요.")
+                continue
+            c.target.write_text(merged, encoding="utf-8")
+        else:
+            c.target.parent.mkdir(parents=True, exist_ok=True)
+            c.target.write_bytes(c.expected)
+            shutil.copymode(c.source, c.target)
+        written.append(c.target)
+    return written, conflicts
+
+
 @dataclass(frozen=True)
 class Planned:
     source: Path
@@ -157,8 +340,9 @@ def _pairs(root: Path = REPO_ROOT):
 
 
 def check_all(root: Path = REPO_ROOT) -> list[str]:
-    """Differences between committed starters and generated ones (empty = in sync)."""
-    problems = []
+    """Differences between committed starters and generated ones, and carry-forward drift
+    between steps (empty = in sync)."""
+    problems = check_carry(root)
     for sol, step in _pairs(root):
         expected = {p.target: p.content for p in plan(sol, step)}
         for target, content in expected.items():
@@ -177,7 +361,12 @@ def check_all(root: Path = REPO_ROOT) -> list[str]:
 
 
 def write_all(root: Path = REPO_ROOT) -> list[Path]:
-    written = []
+    """Carry earlier steps forward (solutions/), then generate every starter (steps/).
+
+    Raises MarkerError when a carried file could not be merged (nothing is guessed)."""
+    written, conflicts = write_carry(root)
+    if conflicts:
+        raise MarkerError("\n".join(conflicts))
     for sol, step in _pairs(root):
         written += generate_step(sol, step)
     return written

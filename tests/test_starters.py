@@ -73,3 +73,99 @@ def test_generate_step_copies_plain_files_and_skips_caches(tmp_path):
 def test_committed_starters_equal_generated_ones():
     problems = starters.check_all()
     assert not problems, "스타터가 솔루션과 어긋납니다. `make starters` 를 실행하세요:\n" + "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- carry-forward (DESIGN.md 8.2)
+STEP1_MAIN = textwrap.dedent(
+    """\
+    import os
+
+    # BEGIN SOLUTION
+    LIMIT = 10
+    # STARTER
+    # # TODO 1: 상한을 정하세요.
+    # LIMIT = None
+    # END SOLUTION
+
+
+    def handler(x):
+        return x + 1
+    """
+)
+
+
+def _course(root, builds_on='["step01"]'):
+    (root / "coursekit").mkdir(parents=True, exist_ok=True)
+    (root / "coursekit" / "course.toml").write_text(
+        '[[steps]]\nid = "step01"\nfolder = "01-a"\n\n'
+        f'[[steps]]\nid = "step02"\nfolder = "02-b"\nbuilds_on = {builds_on}\n', encoding="utf-8")
+    sol1 = root / "solutions" / "01-a"
+    sol1.mkdir(parents=True)
+    (sol1 / "main.py").write_text(STEP1_MAIN, encoding="utf-8")
+    (sol1 / "util.py").write_text("VALUE = 1\n", encoding="utf-8")
+    (sol1 / "README.md").write_text("# 단계 1\n", encoding="utf-8")
+    (root / "solutions" / "02-b").mkdir(parents=True)
+    return sol1, root / "solutions" / "02-b"
+
+
+def test_finished_and_base_views():
+    text = STEP1_MAIN
+    assert "LIMIT = 10" in starters.finished(text) and "TODO" not in starters.finished(text)
+    assert "LIMIT = None" in starters.base(text) and "LIMIT = 10" not in starters.base(text)
+    assert "TODO" not in starters.base(text)
+
+
+def test_carry_forward_copies_finished_files_and_catches_drift(tmp_path):
+    sol1, sol2 = _course(tmp_path)
+    problems = starters.check_carry(tmp_path)
+    assert len(problems) == 2 and all("없음" in p for p in problems)  # main.py, util.py (README.md is the step's own)
+    written, conflicts = starters.write_carry(tmp_path)
+    assert conflicts == [] and {p.name for p in written} == {"main.py", "util.py"}
+    assert (sol2 / "main.py").read_text(encoding="utf-8") == starters.finished(STEP1_MAIN)  # finished code, no markers
+    assert not (sol2 / "README.md").exists()
+    assert starters.check_carry(tmp_path) == []
+    # An unmarked carried file edited by hand in the later step: drift.
+    (sol2 / "util.py").write_text("VALUE = 2\n", encoding="utf-8")
+    assert any("util.py" in p and "바이트" in p for p in starters.check_carry(tmp_path))
+    starters.write_carry(tmp_path)
+    assert (sol2 / "util.py").read_text(encoding="utf-8") == "VALUE = 1\n"
+
+
+def test_a_later_step_changes_only_inside_its_own_solution_regions(tmp_path):
+    sol1, sol2 = _course(tmp_path)
+    starters.write_carry(tmp_path)
+    main2 = sol2 / "main.py"
+    changed = main2.read_text(encoding="utf-8").replace(
+        "    return x + 1\n",
+        "    # BEGIN SOLUTION\n    return x + 2\n    # STARTER\n    # # TODO 1: 2를 더하세요.\n"
+        "    # return x + 1\n    # END SOLUTION\n")
+    assert changed.count("BEGIN SOLUTION") == 1
+    main2.write_text(changed, encoding="utf-8")
+    assert starters.check_carry(tmp_path) == []
+    # ... but a change of the earlier step's code outside them is drift, named with the differing line.
+    main2.write_text(changed.replace("import os", "import sys"), encoding="utf-8")
+    (problem,) = starters.check_carry(tmp_path)
+    assert "main.py" in problem and "-import os" in problem and "+import sys" in problem
+    main2.write_text(changed, encoding="utf-8")
+    # The earlier step changes: the change is merged into the later step's marked file (git merge-file).
+    (sol1 / "main.py").write_text(STEP1_MAIN.replace("import os", "import os\nimport json"), encoding="utf-8")
+    assert any("main.py" in p for p in starters.check_carry(tmp_path))
+    written, conflicts = starters.write_carry(tmp_path)
+    assert conflicts == [] and main2 in written
+    merged = main2.read_text(encoding="utf-8")
+    assert "import json" in merged and "return x + 2" in merged and starters.check_carry(tmp_path) == []
+    # A change that collides with the later step's own region is reported, never guessed.
+    (sol1 / "main.py").write_text(STEP1_MAIN.replace("return x + 1", "return x + 100"), encoding="utf-8")
+    before = main2.read_bytes()
+    written, conflicts = starters.write_carry(tmp_path)
+    assert main2 not in written and len(conflicts) == 1 and "main.py" in conflicts[0]
+    assert main2.read_bytes() == before
+    with pytest.raises(starters.MarkerError):
+        starters.write_all(tmp_path)
+
+
+def test_step03_carries_steps_02_and_01():
+    targets = {c.target.relative_to(c.target.parents[1]).as_posix(): c.source.parent.name for c in starters.carry_plan()}
+    assert targets.get("03-cicd/main.py") == "02-fastapi"
+    assert targets.get("03-cicd/Dockerfile") == "01-docker"
+    assert "03-cicd/README.md" not in targets
