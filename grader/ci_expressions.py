@@ -280,7 +280,12 @@ def _gh_equal(a: Any, b: Any) -> bool:
 def github_eval(expr: str, contexts: dict[str, Any], *, success: bool = True, failure: bool = False,
                 cancelled: bool = False) -> Any:
     """Evaluate one GitHub Actions expression (without `${{ }}`)."""
-    return _GitHubParser(expr, contexts, _Status(success, failure, cancelled)).parse()
+    try:
+        return _GitHubParser(expr, contexts, _Status(success, failure, cancelled)).parse()
+    except (IndexError, TypeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, ExpressionError):
+            raise
+        raise ExpressionError(f"계산할 수 없는 식: {expr!r} ({type(exc).__name__})") from None
 
 
 _STATUS_FUNCS = re.compile(r"\b(success|always|failure|cancelled)\s*\(", re.IGNORECASE)
@@ -424,4 +429,7 @@ class _GitLabParser:
 
 def gitlab_eval(expr: str, variables: dict[str, str]) -> bool:
     """Evaluate a GitLab `rules: if:` expression for the given predefined variables."""
-    return _GitLabParser(str(expr), variables).parse()
+    try:
+        return _GitLabParser(str(expr), variables).parse()
+    except re.error as exc:
+        raise ExpressionError(f"rules:if 식의 정규식을 해석할 수 없음: {expr!r} ({exc})") from None

@@ -616,9 +616,13 @@ class Runner:
         """Run every `run:` step of the job whose `if:` holds; stop at the first failing step."""
         import time
 
-        job = github_jobs(self.wf).get(job_id) or {}
-        env_static = {**self._env_block(self.wf.get("env"), {}, {})}
-        env_static.update(self._env_block(job.get("env"), env_static, {}))
+        job = github_jobs(self.wf).get(job_id)
+        job = job if isinstance(job, dict) else {}
+        try:
+            env_static = {**self._env_block(self.wf.get("env"), {}, {})}
+            env_static.update(self._env_block(job.get("env"), env_static, {}))
+        except ExpressionError as exc:
+            fail(expected=f"{self.label} 의 env 식을 해석할 수 있음", measured=str(exc))
         defaults = {}
         for d in (self.wf.get("defaults"), job.get("defaults")):
             if isinstance(d, dict) and isinstance(d.get("run"), dict):
@@ -636,9 +640,9 @@ class Runner:
             if "run" not in step:
                 continue
             env = {**env_static, **added_env}
-            env.update(self._env_block(step.get("env"), env, steps_ctx))
-            ctx = self._contexts(env, steps_ctx)
             try:
+                env.update(self._env_block(step.get("env"), env, steps_ctx))
+                ctx = self._contexts(env, steps_ctx)
                 if not github_if(step.get("if"), ctx):
                     continue
                 script = github_template(str(step.get("run")), ctx)

@@ -63,7 +63,8 @@ def render(step_dir: Path, target: str) -> Rendered:
 
 
 def name_of(doc: dict) -> str:
-    return f"{doc.get('kind', '?')} {(doc.get('metadata') or {}).get('name', '?')}"
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    return f"{doc.get('kind', '?')} {meta.get('name', '?')}"
 
 
 def strict_errors(doc: dict) -> list[str]:
@@ -89,14 +90,20 @@ def workloads(docs: list[dict]) -> Iterator[dict]:
 
 
 def pod_spec(workload: dict) -> dict:
-    return (((workload.get("spec") or {}).get("template") or {}).get("spec")) or {}
+    spec = workload.get("spec") if isinstance(workload.get("spec"), dict) else {}
+    template = spec.get("template") if isinstance(spec.get("template"), dict) else {}
+    return template.get("spec") if isinstance(template.get("spec"), dict) else {}
 
 
 def containers(workload: dict, init: bool = False) -> list[dict]:
     spec = pod_spec(workload)
-    out = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
+    def items(key):
+        value = spec.get(key)
+        return [c for c in value if isinstance(c, dict)] if isinstance(value, list) else []
+
+    out = items("containers")
     if init:
-        out += [c for c in spec.get("initContainers") or [] if isinstance(c, dict)]
+        out += items("initContainers")
     return out
 
 

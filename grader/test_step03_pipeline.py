@@ -33,6 +33,11 @@ JOB_TIMEOUT = 240.0  # 한 스텝의 상한 (초)
 SHOWN = 6            # 실패 메시지에 보여 줄 문제의 수
 
 
+def _d(value: Any) -> dict:
+    """A mapping, or {} for anything else (a learner's YAML may put a string where a mapping goes)."""
+    return value if isinstance(value, dict) else {}
+
+
 def listing(problems: list[str]) -> str:
     more = f" 외 {len(problems) - SHOWN}개" if len(problems) > SHOWN else ""
     return "; ".join(problems[:SHOWN]) + more
@@ -592,14 +597,14 @@ def test_probes_on_health(rendered):
 def test_requests_and_limits(rendered):
     problems = []
     for t, w, c in each_container(rendered):
-        res = c.get("resources") if isinstance(c.get("resources"), dict) else {}
+        res = _d(c.get("resources"))
         where_ = f"{t}: {k8s.name_of(w)} 컨테이너 {c.get('name')}"
         for kind in ("requests", "limits"):
             block = res.get(kind) if isinstance(res.get(kind), dict) else {}
             missing = [r for r in ("cpu", "memory") if r not in block]
             if missing:
                 problems.append(f"{where_}: resources.{kind} 에 {', '.join(missing)} 없음")
-        req, lim = res.get("requests") or {}, res.get("limits") or {}
+        req, lim = _d(res.get("requests")), _d(res.get("limits"))
         for r in ("cpu", "memory"):
             a, b = k8s.quantity(req.get(r)) if r in req else None, k8s.quantity(lim.get(r)) if r in lim else None
             if a is not None and b is not None and a > b:
@@ -614,8 +619,8 @@ def test_requests_and_limits(rendered):
 def test_runs_as_non_root(rendered):
     problems = []
     for t, w, c in each_container(rendered, init=True):
-        pod = k8s.pod_spec(w).get("securityContext") or {}
-        sc = c.get("securityContext") or {}
+        pod = _d(_d(k8s.pod_spec(w)).get("securityContext"))
+        sc = _d(c.get("securityContext"))
         non_root = sc.get("runAsNonRoot", pod.get("runAsNonRoot"))
         uid = sc.get("runAsUser", pod.get("runAsUser"))
         where_ = f"{t}: {k8s.name_of(w)} 컨테이너 {c.get('name')}"
@@ -639,8 +644,9 @@ def test_keys_from_secret(rendered):
     problems = []
     for t, w, c in each_container(rendered):
         where_ = f"{t}: {k8s.name_of(w)} 컨테이너 {c.get('name')}"
-        env = {e.get("name"): e for e in c.get("env") or [] if isinstance(e, dict)}
-        secret_refs = [s for s in c.get("envFrom") or [] if isinstance(s, dict) and s.get("secretRef")]
+        env = {e.get("name"): e for e in (c.get("env") if isinstance(c.get("env"), list) else []) if isinstance(e, dict)}
+        secret_refs = [s for s in (c.get("envFrom") if isinstance(c.get("envFrom"), list) else [])
+                       if isinstance(s, dict) and s.get("secretRef")]
         for key in SERVICE_SECRETS:
             e = env.get(key)
             if e is None:
@@ -649,8 +655,8 @@ def test_keys_from_secret(rendered):
                 continue
             if "value" in e:
                 problems.append(f"{where_}: {key} 를 value 로 씀 (키가 매니페스트에 있음)")
-            elif not ((e.get("valueFrom") or {}).get("secretKeyRef")):
-                problems.append(f"{where_}: {key} 가 Secret 이 아닌 곳에서 옴 ({list((e.get('valueFrom') or {}))})")
+            elif not _d(e.get("valueFrom")).get("secretKeyRef"):
+                problems.append(f"{where_}: {key} 가 Secret 이 아닌 곳에서 옴 ({list(_d(e.get('valueFrom')))})")
     for r in rendered_ok(rendered):
         for d in r.docs:
             if d.get("kind") == "Secret" and (d.get("data") or d.get("stringData")):
@@ -665,14 +671,14 @@ def test_keys_from_secret(rendered):
 def test_hpa(rendered):
     problems = []
     for r in rendered_ok(rendered):
-        deployments = {(d.get("metadata") or {}).get("name"): d for d in k8s.workloads(r.docs)}
+        deployments = {_d(d.get("metadata")).get("name"): d for d in k8s.workloads(r.docs)}
         hpas = [d for d in r.docs if d.get("kind") == "HorizontalPodAutoscaler"]
         if not hpas:
             problems.append(f"{r.target}: HorizontalPodAutoscaler 없음")
             continue
         for h in hpas:
-            spec = h.get("spec") or {}
-            ref = spec.get("scaleTargetRef") or {}
+            spec = _d(h.get("spec"))
+            ref = _d(spec.get("scaleTargetRef"))
             target = deployments.get(ref.get("name"))
             if target is None or ref.get("kind") != target.get("kind"):
                 problems.append(f"{r.target}: {k8s.name_of(h)} 의 scaleTargetRef {ref.get('kind')}/{ref.get('name')} "
@@ -681,17 +687,18 @@ def test_hpa(rendered):
             lo, hi = spec.get("minReplicas", 1), spec.get("maxReplicas")
             if not isinstance(hi, int) or not isinstance(lo, int) or hi <= lo:
                 problems.append(f"{r.target}: {k8s.name_of(h)} minReplicas {lo}, maxReplicas {hi} (max > min 이어야 늘어남)")
-            metrics = spec.get("metrics") or []
+            metrics = [m for m in spec.get("metrics") or [] if isinstance(m, dict)] \
+                if isinstance(spec.get("metrics"), list) else []
             if not metrics:
                 problems.append(f"{r.target}: {k8s.name_of(h)} 에 metrics 없음")
             for m in metrics:
-                res = (m or {}).get("resource") or {}
-                if res.get("name") in ("cpu", "memory") and (res.get("target") or {}).get("type") == "Utilization":
+                res = _d(m.get("resource"))
+                if res.get("name") in ("cpu", "memory") and _d(res.get("target")).get("type") == "Utilization":
                     for c in k8s.containers(target):
-                        if res["name"] not in ((c.get("resources") or {}).get("requests") or {}):
+                        if res["name"] not in _d(_d(c.get("resources")).get("requests")):
                             problems.append(f"{r.target}: {k8s.name_of(h)} 가 {res['name']} 사용률로 조절하지만 컨테이너 "
                                             f"{c.get('name')} 에 requests.{res['name']} 이 없음 (사용률을 계산할 수 없음)")
-            if "replicas" in (target.get("spec") or {}):
+            if "replicas" in _d(target.get("spec")):
                 problems.append(f"{r.target}: {k8s.name_of(target)} 에 replicas {target['spec']['replicas']} "
                                 "(HPA 가 정하는 값을 ArgoCD selfHeal 이 되돌림: replicas 를 지우세요)")
     record("problems", len(problems))
@@ -740,7 +747,7 @@ def argocd_applications(step_dir: Path) -> list[tuple[str, Any]]:
 
 
 def app_paths(app: dict) -> list[str]:
-    spec = app.get("spec") or {}
+    spec = _d(app.get("spec"))
     sources = [spec.get("source")] if isinstance(spec.get("source"), dict) else []
     sources += [s for s in spec.get("sources") or [] if isinstance(s, dict)]
     return [str(s.get("path")).strip("/") for s in sources if s.get("path")]
@@ -757,10 +764,10 @@ def test_argocd_application(step_dir, rendered):
         data = k8s.plain(app)
         for e in k8s.argocd_errors(data):
             problems.append(f"{label}: {e}")
-        spec = data.get("spec") or {}
-        auto = (spec.get("syncPolicy") or {}).get("automated")
+        spec = _d(data.get("spec"))
+        auto = _d(spec.get("syncPolicy")).get("automated")
         if not isinstance(auto, dict) or auto.get("enabled") is False:
-            problems.append(f"{ci.where(label, app.get('spec') or app, 'syncPolicy' if 'syncPolicy' in (app.get('spec') or {}) else None)}"
+            problems.append(f"{ci.where(label, _d(app.get('spec')) or app, 'syncPolicy' if 'syncPolicy' in _d(app.get('spec')) else None)}"
                             f": syncPolicy.automated 없음 (git 이 바뀌어도 누군가 Sync 를 눌러야 배포)")
         else:
             for k in ("selfHeal", "prune"):
@@ -775,7 +782,7 @@ def test_argocd_application(step_dir, rendered):
                 problems.append(f"{label}: source.path {p} 는 deploy/ 의 kustomize 폴더(base, overlays/*)가 아님")
             elif not r.ok:
                 problems.append(f"{label}: source.path {p} 가 렌더링되지 않음")
-        dest = spec.get("destination") or {}
+        dest = _d(spec.get("destination"))
         if not (dest.get("server") or dest.get("name")) or not dest.get("namespace"):
             problems.append(f"{label}: destination 에 server(또는 name)와 namespace 가 필요")
     record("applications", [a for a, _ in apps])
