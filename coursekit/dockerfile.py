@@ -12,7 +12,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-__all__ = ["Instruction", "Stage", "Dockerfile", "parse_dockerfile", "substitute", "env_pairs", "arg_pairs"]
+__all__ = ["Instruction", "Stage", "Dockerfile", "parse_dockerfile", "substitute", "env_pairs", "arg_pairs",
+           "end_of_line_comment"]
 
 @dataclass
 class Instruction:
@@ -178,3 +179,50 @@ def arg_pairs(ins: Instruction) -> list[tuple[str, str | None]]:
     except ValueError:
         parts = ins.rest.split()
     return [(p.partition("=")[0], p.partition("=")[2] if "=" in p else None) for p in parts]
+
+
+# Instructions whose arguments are never read by a shell: a `#` after them is an argument
+# (`USER 10001  # app` makes the user "10001  # app"), not a comment.
+_NO_SHELL = {"FROM", "WORKDIR", "USER", "COPY", "ADD", "EXPOSE", "ENV", "ARG", "LABEL", "VOLUME",
+             "STOPSIGNAL", "SHELL", "MAINTAINER", "ONBUILD"}
+
+
+def end_of_line_comment(ins: Instruction) -> str | None:
+    """The text from a `#` that the author meant as an end-of-line comment, or None.
+
+    Dockerfiles have comments only on their own line. Shell-form RUN/CMD/ENTRYPOINT/
+    HEALTHCHECK hand `# ...` to /bin/sh, which does treat it as a comment, so only the
+    instructions Docker reads itself and the exec (JSON) forms are looked at."""
+    text = ins.rest.strip()
+    if ins.keyword in _NO_SHELL:
+        try:
+            words = shlex.split(text, posix=True)
+        except ValueError:
+            words = text.split()
+        for i, word in enumerate(words):
+            if word.startswith("#"):
+                return " ".join(words[i:])
+        return None
+    if ins.keyword == "HEALTHCHECK":
+        _, text = _split_flags(text)
+        if not text.upper().startswith("CMD"):
+            return None
+        text = text[3:].strip()
+    elif ins.keyword not in ("CMD", "ENTRYPOINT", "RUN"):
+        return None
+    if not text.startswith("[") or "#" not in text:
+        return None
+    try:
+        json.loads(text)
+        return None
+    except ValueError:
+        pass
+    # a JSON array followed by a comment: Docker sees invalid JSON and runs it as shell form
+    head, sep, tail = text.rpartition("]")
+    if sep and tail.strip().startswith("#"):
+        try:
+            json.loads(head + sep)
+            return tail.strip()
+        except ValueError:
+            return None
+    return None

@@ -15,7 +15,7 @@ import shlex
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coursekit.dockerbase import DockerClient
@@ -43,6 +43,23 @@ GOOGLE_KEY_RE = re.compile(r"AIza[0-9A-Za-z_\-]{30,}")
 def secret_like(name: str) -> bool:
     parts = re.split(r"[_\-.]", name.upper())
     return any(p in SECRET_WORDS for p in parts) or name.upper().endswith(("APIKEY", "_KEY", "TOKEN", "SECRET"))
+
+
+# Configuration that is given when the container runs (`docker run -e`), never baked into the
+# image: the simulator's or Google's address, the Vertex AI switch, the project. Secrets are
+# caught by `secret_like` (GOOGLE_API_KEY, SERVICE_API_KEY, *_TOKEN, *_SECRET ...).
+RUNTIME_CONFIG_NAMES = {"GOOGLE_GEMINI_BASE_URL", "GEMINI_BASE_URL", "GOOGLE_GENAI_USE_VERTEXAI",
+                        "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "GOOGLE_APPLICATION_CREDENTIALS"}
+RUNTIME_CONFIG_SUFFIXES = ("_BASE_URL", "_URL", "_URI", "_ENDPOINT", "_API_BASE", "_DSN")
+BUILD_TOOL_PREFIXES = ("PIP_", "UV_", "POETRY_", "PIPENV_", "PYTHON_", "CONDA_")  # build-time settings
+
+
+def runtime_config_like(name: str) -> bool:
+    """A setting the task gives at run time (an address, a project), not the image."""
+    upper = name.upper()
+    if upper in RUNTIME_CONFIG_NAMES:
+        return True
+    return upper.endswith(RUNTIME_CONFIG_SUFFIXES) and not upper.startswith(BUILD_TOOL_PREFIXES)
 
 
 INSTALL_RE = re.compile(r"\b(pip3?|pip3\.\d+)\s+install\b|\buv\s+(pip\s+install|sync)\b|\bpoetry\s+install\b"
@@ -154,6 +171,7 @@ class BuildResult:
     image: str | None        # our tag (unique per run), when the build succeeded
     image_id: str | None
     layer_ids: list[str]     # intermediate images the classic builder printed
+    created: list[str] = field(default_factory=list)  # of those, the ones this build made (not cache)
 
     def tail(self, n: int = 30) -> str:
         return "\n".join(self.output.splitlines()[-n:])
@@ -162,6 +180,8 @@ class BuildResult:
 def docker_build(client: DockerClient, context: Path, tag: str, timeout: float = 900,
                  labels: dict[str, str] | None = None) -> BuildResult:
     cmd = [*client.build_args(), "-t", tag]
+    if not client.buildkit:
+        cmd.append("--force-rm")  # the classic builder keeps a failed step's container otherwise
     for k, v in (labels or {}).items():
         cmd += ["--label", f"{k}={v}"]
     cmd.append(str(context))
@@ -178,9 +198,25 @@ def docker_build(client: DockerClient, context: Path, tag: str, timeout: float =
     if ok:
         r = client.run("image", "inspect", "--format", "{{.Id}}", tag, timeout=30)
         image_id = r.stdout.strip() or None
+    output = output if isinstance(output, str) else str(output)
     layers = re.findall(r"^ ---> ([0-9a-f]{12})\s*$", output, flags=re.M)
-    return BuildResult(ok, seconds, output if isinstance(output, str) else str(output), tag if ok else None,
-                       image_id, layers)
+    return BuildResult(ok, seconds, output, tag if ok else None, image_id, layers,
+                       [] if client.buildkit else created_images(output))
+
+
+def created_images(output: str) -> list[str]:
+    """Images the classic builder made in this build, in order: the result of every step that
+    was not `FROM` and not `Using cache`. (Multi-stage builds leave the earlier stages' images
+    behind as dangling images; a failed build leaves the steps before the failure.)"""
+    made = []
+    parts = re.split(r"^Step \d+/\d+ : (.*)$", output, flags=re.M)
+    for head, body in zip(parts[1::2], parts[2::2]):
+        if head.split(None, 1)[0].upper() == "FROM" or "---> Using cache" in body:
+            continue
+        ids = re.findall(r"^ ---> ([0-9a-f]{12})\s*$", body, flags=re.M)
+        if ids:
+            made.append(ids[-1])
+    return made
 
 
 def install_steps_cached(client: DockerClient, output: str) -> tuple[list[str], list[str]]:
@@ -204,17 +240,32 @@ def install_steps_cached(client: DockerClient, output: str) -> tuple[list[str], 
     return cached, rebuilt
 
 
-def remove_images(client: DockerClient, refs: list[str]) -> None:
-    """Remove images by our unique tag or by id; an id is removed only when no tag names
-    it (so a base image or a learner's own tagged image is never touched)."""
-    for ref in refs:
-        if not ref:
+def image_ids(client: DockerClient) -> set[str]:
+    """Short ids of every image, intermediate ones included."""
+    r = client.run("images", "-a", "-q", timeout=60)
+    return set(r.stdout.split())
+
+
+def remove_images(client: DockerClient, refs: list[str], keep: set[str] | frozenset = frozenset()) -> None:
+    """Remove images by our unique tag or by id, in the order given (leaves first).
+
+    An id is removed only when no tag names it and it is not in `keep` (the images that
+    existed before the grading), so a base image, the layer cache of the learner's own
+    builds or their tagged images are never touched."""
+    ids = [r for r in refs if r and (":" not in r or r.startswith("sha256:"))]
+    tags = [r for r in refs if r and r not in ids]
+    if tags:
+        client.run("image", "rm", *tags, timeout=120)
+    untagged = []
+    for ref in dict.fromkeys(ids):
+        if ref[:12] in keep:
             continue
-        if ":" not in ref or ref.startswith("sha256:"):
-            r = client.run("image", "inspect", "--format", "{{len .RepoTags}}", ref, timeout=30)
-            if r.returncode != 0 or r.stdout.strip() != "0":
-                continue
-        client.run("image", "rm", ref, timeout=120)
+        r = client.run("image", "inspect", "--format", "{{len .RepoTags}}", ref, timeout=30)
+        if r.returncode == 0 and r.stdout.strip() == "0":
+            untagged.append(ref)
+    if untagged:
+        # one call; an image that is already gone (removed with its child) is only reported
+        client.run("image", "rm", *untagged, timeout=120)
 
 
 def bridge_gateway(client: DockerClient) -> str | None:
@@ -265,3 +316,50 @@ def inspect(client: DockerClient, ref: str, kind: str = "container") -> dict:
         return data[0] if data else {}
     except ValueError:
         return {}
+
+
+def health(client: DockerClient, cid: str) -> dict:
+    """The container's health record (Status, FailingStreak, Log of the last 5 probes), or {}."""
+    r = client.run("inspect", "--format", "{{json .State.Health}}", cid, timeout=30)
+    try:
+        return json.loads(r.stdout or "null") or {}
+    except ValueError:
+        return {}
+
+
+def _proc_net_address(hex_addr: str) -> tuple[str, int]:
+    addr, port = hex_addr.split(":")
+    raw = bytes.fromhex(addr)
+    if len(raw) == 4:
+        ip = ipaddress.IPv4Address(raw[::-1])
+    else:  # IPv6: four little-endian 32-bit words
+        ip = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+        if ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+    return str(ip), int(port, 16)
+
+
+def parse_listeners(proc_net_text: str) -> list[tuple[str, int]]:
+    """(address, port) of the LISTEN sockets in /proc/net/tcp and /proc/net/tcp6 text."""
+    found = []
+    for line in proc_net_text.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and ":" in fields[1]:  # 0A = TCP_LISTEN
+            try:
+                found.append(_proc_net_address(fields[1]))
+            except ValueError:
+                continue
+    return sorted(set(found))
+
+
+def listeners(client: DockerClient, cid: str) -> list[tuple[str, int]] | None:
+    """The container's listening TCP sockets (read inside it), or None if they cannot be read."""
+    r = client.run("exec", cid, "cat", "/proc/net/tcp", "/proc/net/tcp6", timeout=15)
+    if r.returncode != 0 and not r.stdout.strip():
+        return None
+    return parse_listeners(r.stdout)
+
+
+def reachable_from_outside(address: str) -> bool:
+    """Does a socket bound to this address accept connections forwarded by `docker run -p`?"""
+    return ipaddress.ip_address(address).is_unspecified or not ipaddress.ip_address(address).is_loopback
