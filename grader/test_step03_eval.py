@@ -428,13 +428,16 @@ def test_gate_fails_for_a_weaker_model(graded_dir, reference_run, simulator, tmp
     require_reference(reference_run)
     folder = scratch_copy(graded_dir, tmp_path_factory, "weak")
     run = run_gate(folder, simulator, "weak_model", LLM_MODEL=WEAK_MODEL)
+    models = {r["model"] for r in run.requests}
+    if models and models != {WEAK_MODEL}:
+        fail(expected=f"게이트가 서비스 설정 LLM_MODEL={WEAK_MODEL} 로 LLM 을 부름",
+             measured=f"시뮬레이터가 받은 모델: {sorted(models)}",
+             hint="lesson.ipynb §4 '평가 게이트와 임계값' — 게이트는 모델을 고르지 않습니다: 서비스의 설정과 "
+                  "LLM 호출 경로를 그대로 써야 배포될 모델을 평가합니다.")
     if run.returncode != 1:
         fail(expected=f"LLM_MODEL={WEAK_MODEL} (지식 베이스를 약 55% 만 앎) 이면 게이트 실패, 종료 코드 1 (임계값 미달)",
              measured=run.shown(), detail="게이트 출력 (마지막 줄):\n" + run.tail())
     report = read_report(run)
-    if {r["model"] for r in run.requests} != {WEAK_MODEL}:
-        fail(expected=f"게이트가 LLM_MODEL={WEAK_MODEL} 로 LLM 을 부름",
-             measured=f"시뮬레이터가 받은 모델: {sorted({r['model'] for r in run.requests})}")
     compare_with_simulator(run, report, items)
     failed = failing_metrics(report)
     record("failing_metrics", sorted(failed))

@@ -84,3 +84,19 @@ def test_missing_dataset_is_exit_2_and_keeps_previous_results(service, fake_llm,
     assert run(tmp_path, "--dataset", str(tmp_path / "none.toml")) == gate.EXIT_ERROR
     assert "평가 세트 파일이 없습니다" in capsys.readouterr().err
     assert (tmp_path / "results" / "report.json").read_bytes() == before
+
+
+def test_bad_settings_are_exit_2_without_printing_secrets(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import STEP_DIR
+
+    env = {**os.environ, "GOOGLE_API_KEY": "한글-키", "SERVICE_API_KEY": "very-secret-service-key"}
+    proc = subprocess.run([sys.executable, "-m", "eval", "--out", str(tmp_path / "results")], cwd=STEP_DIR, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == gate.EXIT_ERROR
+    assert "GOOGLE_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
+    assert "very-secret-service-key" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

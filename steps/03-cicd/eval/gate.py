@@ -120,6 +120,11 @@ def import_service():
     try:
         import main
     except Exception as exc:  # pydantic ValidationError, 없는 프롬프트 파일 ...
+        errors = getattr(exc, "errors", None)
+        if callable(errors):  # 설정 오류: 값(비밀일 수 있음)은 빼고 어느 설정이 왜 틀렸는지만
+            what = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                             for e in errors(include_url=False, include_input=False))
+            raise EvalError(f"서비스 설정이 올바르지 않습니다 ({what}). 환경 변수나 .env 를 확인하세요.") from None
         raise EvalError(f"서비스(main.py)를 불러오지 못했습니다: {type(exc).__name__}: {exc}") from None
     return main
 
