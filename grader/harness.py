@@ -176,6 +176,7 @@ _SCRUBBED_ENV = (
     "LLM_TIMEOUT_SECONDS",
     "LLM_MAX_ATTEMPTS",
     "MAX_MESSAGE_CHARS",
+    "PROMPT_VERSION",
 )
 
 # Services started by the running test, so a failure can show their output.
