@@ -1,4 +1,4 @@
-"""Step 02 — FastAPI 서버 구축: LLM 채팅 API.
+"""LLM 채팅 API: FastAPI 서비스가 Gemini(또는 코스 시뮬레이터)를 감쌉니다.
 
 실행:  uvicorn main:app --host 127.0.0.1 --port 8000
 설정:  환경 변수 또는 .env 파일 (.env.example 을 복사해서 쓰세요)
@@ -197,7 +197,7 @@ async def lifespan(app: FastAPI):
 app = FastAPI(
     title="LLM 채팅 서비스",
     version="0.2.0",
-    description="MLOps 기초 Step 02 — Gemini 를 감싼 채팅 API. `/chat` 은 `X-API-Key` 헤더가 필요합니다.",
+    description="Gemini 를 감싼 채팅 API. `/chat` 은 `X-API-Key` 헤더가 필요합니다.",
     lifespan=lifespan,
     # FastAPI 의 내장 본문 크기 제한: 선언된 Content-Length 가 크면 본문을 읽기 전에, 헤더가 없는
     # (chunked) 본문은 읽는 동안 센 바이트가 넘는 순간 413 을 냅니다. JSON 파싱 전에 거절됩니다.

@@ -1,4 +1,4 @@
-"""Step 02 — FastAPI 서버 구축: LLM 채팅 API.
+"""LLM 채팅 API: FastAPI 서비스가 Gemini(또는 코스 시뮬레이터)를 감쌉니다.
 
 실행:  uvicorn main:app --host 127.0.0.1 --port 8000
 설정:  환경 변수 또는 .env 파일 (.env.example 을 복사해서 쓰세요)
