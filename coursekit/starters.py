@@ -52,7 +52,7 @@ END = "# END SOLUTION"
 MARKERS = (BEGIN, STARTER, END)
 
 # Never copied from a solution folder into a starter.
-IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".venv", "venv", ".env", ".ipynb_checkpoints"}
+IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "venv", ".env", ".ipynb_checkpoints"}
 IGNORED_SUFFIXES = {".pyc"}
 # Files only the learner's folder has (not generated, not compared).
 STEP_ONLY = {"lesson.ipynb"}
