@@ -60,6 +60,16 @@ def test_ainvoke(client_env):
     assert r.text == knowledge.get("billing-plans").answer
 
 
+def test_one_client_works_across_event_loops(client_env):
+    """The README says one ChatGoogleGenerativeAI may serve several event loops (measured: two
+    asyncio.run calls in a row). Services still make it in the lifespan and aclose() it there."""
+    client = llm()
+    first = asyncio.run(client.ainvoke(PROMPT))
+    second = asyncio.run(client.ainvoke(PROMPT))
+    assert first.text == second.text == knowledge.get("billing-plans").answer
+    assert client_env.stats()["requests_total"] == 2
+
+
 def test_stream_and_astream_equal_invoke(client_env):
     prompt = "운영 중인 챗봇의 응답이 느려졌을 때 무엇부터 확인해야 하나요? 자세히 알려 주세요."
     full = llm().invoke(prompt)
