@@ -1,5 +1,12 @@
 """Shared fixtures of the maintainers' tests (kept minimal)."""
 
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 from coursekit.simulator import SimulatorProcess
@@ -20,3 +27,41 @@ def sim(simulator):
     yield simulator
     simulator.configure(**original)
     simulator.reset()
+
+
+@dataclass(frozen=True)
+class LessonRun:
+    notebook: Path
+    returncode: int
+    output: str
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def executed_lessons(tmp_path_factory):
+    """A copy of the course WITHOUT solutions/ (what an instructor hands out) whose ready lessons
+    were each executed once, top to bottom, in place, against a simulator of their own (the
+    lesson kit starts it). tests/test_notebooks.py asserts each run passed; tests/test_docs.py
+    builds the site from the same executed notebooks, so `make test` runs every lesson once."""
+    import solutionless
+    from coursekit import manifest
+
+    copy = solutionless.copy_without_solutions(tmp_path_factory.mktemp("lessons") / "course")
+    runs: dict[str, LessonRun] = {}
+    for step in (s for s in manifest.load().steps if s.status == "ready"):
+        nb = copy / "steps" / step.folder / step.notebook
+        env = solutionless.env(copy)
+        for key in ("GOOGLE_GEMINI_BASE_URL", "GOOGLE_API_KEY"):
+            env.pop(key, None)
+        env["MPLBACKEND"] = "Agg"
+        started = time.monotonic()
+        if not nb.exists():
+            runs[step.id] = LessonRun(nb, -1, f"steps/{step.folder}/{step.notebook} 가 없습니다", 0.0)
+            continue
+        proc = subprocess.run(
+            [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+             "--ExecutePreprocessor.timeout=300", "--ExecutePreprocessor.kernel_name=python3", nb.name],
+            cwd=nb.parent, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
+        )
+        runs[step.id] = LessonRun(nb, proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
+    return copy, runs

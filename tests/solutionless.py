@@ -93,11 +93,12 @@ def distinctive_solution_lines(root: Path = ROOT, min_length: int = 25) -> dict[
 
 IMPORT = re.compile(r"^(from\s+\S+\s+)?import\s")
 
-# Lines a solution shares with any FastAPI/pydantic program: naming the API a lesson teaches is
+# Lines a solution shares with any FastAPI/pydantic program or workflow: naming the API a lesson teaches is
 # not giving the answer away (the lessons show these on sibling cases).
 GENERIC = {
     "model_config = ConfigDict(",
     "@app.exception_handler(Exception)",
+    "cancel-in-progress: false",
 }
 
 

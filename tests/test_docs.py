@@ -1,7 +1,9 @@
 """The docs site: strict build, pages generated from the manifest, and a real browser.
 
-The site is built once per session (``mkdocs build --strict``, lesson notebooks executed
-against the simulator by the hook) from a copy of the course WITHOUT solutions/ (what an
+The site is built once per session (``mkdocs build --strict``) from a copy of the course
+WITHOUT solutions/ whose lessons were executed once against the simulator (the session fixture
+``executed_lessons`` of tests/conftest.py, shared with tests/test_notebooks.py; the build shows
+those outputs, COURSE_DOCS_EXECUTE=false) (what an
 instructor hands out, tests/solutionless.py), so every docs test also proves that no page and
 no lesson needs the answers; then the built pages are searched for the solutions' answer
 lines. It is served with ``python -m http.server`` on a loopback
@@ -48,7 +50,7 @@ CHROMIUM_FLAGS = [
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["NO_MKDOCS_2_WARNING"] = "1"
-    env.pop("COURSE_DOCS_CACHE", None)  # always execute the notebooks in tests
+    env.pop("COURSE_DOCS_CACHE", None)  # never reuse a cache of an earlier build in tests
     return env
 
 
@@ -56,15 +58,21 @@ def _env() -> dict[str, str]:
 # Build once per session
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def site(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("docs")
-    copy = solutionless.copy_without_solutions(base / "course")
-    out = base / "site"
+def site(tmp_path_factory, executed_lessons) -> Path:
+    copy, runs = executed_lessons
+    failed = [sid for sid, run in runs.items() if run.returncode != 0]
+    if failed:
+        pytest.fail(f"레슨 실행이 실패해서 사이트를 만들 수 없습니다: {', '.join(failed)} "
+                    "(tests/test_notebooks.py 의 실패 내용을 보세요)", pytrace=False)
+    out = tmp_path_factory.mktemp("docs") / "site"
     started = time.monotonic()
+    env = solutionless.env(copy, _env())
+    # The lessons in the copy already ran once (with outputs); the build shows those outputs.
+    env["COURSE_DOCS_EXECUTE"] = "false"
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=copy,
-        env=solutionless.env(copy, _env()),
+        env=env,
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT_S,
@@ -76,7 +84,7 @@ def site(tmp_path_factory) -> Path:
             f"{elapsed:.1f}초)\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}",
             pytrace=False,
         )
-    print(f"\n문서 빌드 (solutions/ 없는 사본): {elapsed:.1f}초 -> {out}")
+    print(f"\n문서 빌드 (solutions/ 없는 사본, 실행된 레슨): {elapsed:.1f}초 -> {out}")
     return out
 
 
