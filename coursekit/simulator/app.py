@@ -28,10 +28,10 @@ import orjson
 from . import errors
 from .config import DEFAULTS, ConfigError, validate
 from . import knowledge
-from .evaluation import grade
+from .evaluation import grade, judge_request
 from .generate import OUTCOMES
 from .generate import answer_with_rules
-from .models import known_models, profile
+from .models import judge_models, known_models, profile
 from .prompts import rules as prompt_rules
 from .tokens import count_request_tokens, count_tokens, split_tokens
 
@@ -46,7 +46,8 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no
 REQUEST_LOG_SIZE = 1000     # answered requests kept for GET /_sim/requests
 _QUESTION_CHARS = 300       # question text kept per logged request
 _LOG_FIELDS = ("seq", "time", "model", "action", "key", "question", "system_hash", "grounding", "brevity",
-               "entry_id", "outcome", "input_tokens", "output_tokens", "thoughts_tokens", "finish_reason")
+               "entry_id", "outcome", "input_tokens", "output_tokens", "thoughts_tokens", "finish_reason",
+               "judge_verdict", "judge_score")
 
 
 class _Reply(Exception):
@@ -85,6 +86,7 @@ class Simulator:
             "outcomes": dict.fromkeys(OUTCOMES, 0),
             "outcomes_by_model": {},
             "by_system": {},
+            "judge": {"requests": 0, "verdicts": {}, "score_sum": 0},
             "faults": {"error_429": 0, "error_500": 0, "error_503": 0, "hang": 0, "quota_429": 0,
                        "malformed": 0},
         }
@@ -231,7 +233,7 @@ class Simulator:
             return
         if model is None:
             self._inc("by_action", "listModels")
-            body = {"models": [self._model_info(n) for n in known_models()]}
+            body = {"models": [self._model_info(n) for n in known_models() + judge_models()]}
         else:
             self._inc("by_action", "getModel")
             body = self._model_info(model)
@@ -322,13 +324,20 @@ class Simulator:
 
         prompt = _prompt_text(contents)
         r = prompt_rules(_system_text(system))
-        ans = answer_with_rules(prompt, model, self.config["seed"], budget, r.grounding, r.brevity)
-        text, out_tokens, finish, outcome = ans.text, ans.output_tokens, "STOP", ans.outcome
+        if profile(model).judge:
+            text, verdict, question = judge_request(prompt, gen)
+            ans = _JudgeAnswer(text, count_tokens(text), verdict.entry_id)
+            outcome, judged = None, (verdict.verdict, verdict.score)
+        else:
+            ans = answer_with_rules(prompt, model, self.config["seed"], budget, r.grounding, r.brevity)
+            question, outcome, judged = prompt, ans.outcome, (None, None)
+        text, out_tokens, finish = ans.text, ans.output_tokens, "STOP"
         if max_out is not None and out_tokens > max_out:
             text, out_tokens, finish = _truncate(text, max_out), None, "MAX_TOKENS"
             out_tokens = count_tokens(text)
             # a cut answer may lose its facts: the outcome is what its text shows
-            outcome = grade(text, knowledge.expected_facts(ans.matched_id) if ans.matched_id else ())
+            if outcome is not None:
+                outcome = grade(text, knowledge.expected_facts(ans.matched_id) if ans.matched_id else ())
         prompt_tokens = count_request_tokens(contents, system)
         usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
                  "totalTokenCount": prompt_tokens + out_tokens + ans.thoughts_tokens,
@@ -338,9 +347,9 @@ class Simulator:
         self.seq += 1
         rid = base64.urlsafe_b64encode(self.seq.to_bytes(6, "big") + self.rng.randbytes(9)).decode()
 
-        record = (self.seq, time.time(), model, action, key, prompt[:_QUESTION_CHARS], r.system_hash,
+        record = (self.seq, time.time(), model, action, key, question[:_QUESTION_CHARS], r.system_hash,
                   r.grounding, r.brevity, ans.matched_id, outcome, prompt_tokens, out_tokens,
-                  ans.thoughts_tokens, finish)
+                  ans.thoughts_tokens, finish) + judged
 
         ttft, per_token = self._latency(model)
         if action == "generateContent":
@@ -408,11 +417,17 @@ class Simulator:
     def _account(self, model, usage, record):
         c = self.counters
         outcome = record[10]
-        c["outcomes"][outcome] += 1
-        om = c["outcomes_by_model"].get(model)
-        if om is None:
-            om = c["outcomes_by_model"][model] = dict.fromkeys(OUTCOMES, 0)
-        om[outcome] += 1
+        if outcome is not None:
+            c["outcomes"][outcome] += 1
+            om = c["outcomes_by_model"].get(model)
+            if om is None:
+                om = c["outcomes_by_model"][model] = dict.fromkeys(OUTCOMES, 0)
+            om[outcome] += 1
+        else:  # a judge call: its verdict, not an answer outcome
+            j = c["judge"]
+            j["requests"] += 1
+            j["verdicts"][record[15]] = j["verdicts"].get(record[15], 0) + 1
+            j["score_sum"] += record[16]
         by_system = c["by_system"]
         sh = record[6] or "none"
         by_system[sh] = by_system.get(sh, 0) + 1
@@ -530,6 +545,15 @@ def _prompt_text(contents: list) -> str:
             if texts:
                 return "\n".join(texts)
     return "\n".join(p["text"] for c in contents for p in c["parts"] if isinstance(p.get("text"), str))
+
+
+class _JudgeAnswer:
+    """The judge model's reply, shaped like generate.Answer where the app reads it."""
+    __slots__ = ("text", "output_tokens", "matched_id")
+    thoughts_tokens = 0
+
+    def __init__(self, text: str, output_tokens: int, matched_id: str | None):
+        self.text, self.output_tokens, self.matched_id = text, output_tokens, matched_id
 
 
 def _truncate(text: str, max_tokens: int) -> str:

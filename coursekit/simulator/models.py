@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["ModelProfile", "Price", "load_table", "profile", "known_models", "price_for", "cost_usd",
-           "MODELS_PATH", "DEFAULT_MODEL"]
+__all__ = ["ModelProfile", "Price", "load_table", "profile", "known_models", "judge_models", "price_for",
+           "cost_usd", "MODELS_PATH", "DEFAULT_MODEL", "JUDGE_MODEL"]
 
 MODELS_PATH = Path(__file__).resolve().parent.parent / "data" / "models.toml"
 DEFAULT_MODEL = "gemini-3.5-flash"
+JUDGE_MODEL = "gemini-3.5-flash-judge"   # the judge profile ([judge_models] in models.toml, README 10)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class ModelProfile:
     thinking_ratio: float = 0.0
     answer_style: str = "standard"
     known: bool = True  # False when an unknown name is served with the default profile
+    judge: bool = False  # a judge model: answers with a verdict on (question, answer) (evaluation.judge)
 
     @property
     def price(self) -> Price:
@@ -63,11 +65,19 @@ def _profiles() -> dict[str, ModelProfile]:
     out = {}
     for name, row in table["models"].items():
         out[name] = ModelProfile(name=name, **row)
+    for name, row in table.get("judge_models", {}).items():
+        out[name] = ModelProfile(name=name, judge=True, **row)
     return out
 
 
 def known_models() -> list[str]:
-    return list(_profiles())
+    """The answering models (the [models] table; judge models are listed by judge_models())."""
+    return [name for name, p in _profiles().items() if not p.judge]
+
+
+def judge_models() -> list[str]:
+    """The judge models (the [judge_models] table): they answer a verdict, see evaluation.judge."""
+    return [name for name, p in _profiles().items() if p.judge]
 
 
 def _normalize(model: str) -> str:
