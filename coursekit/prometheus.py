@@ -480,8 +480,9 @@ class Prometheus(_Server):
     def wait_for_targets(self, timeout: float = 15.0, scrapes: int = 1, job: str | None = None,
                          health: str = "up") -> list[dict[str, Any]]:
         """Wait until every target (of `job`, if given) was scraped `scrapes` times after now
-        and has `health` ("up"; "down" to wait for a failed scrape). Prometheus 2.42 applies new
-        targets only every 5 s, so the first scrape comes about 5 s after start.
+        and has `health` ("up"; "down" to wait for a failed scrape). Measured with Debian's 2.42: the
+        first scrape comes about 5 s after start (new targets are applied on a 5 s tick), later
+        scrapes every scrape_interval.
         Raises PrometheusError naming the targets and their last error."""
         since = time.time()
         seen: dict[str, int] = {}
