@@ -195,6 +195,21 @@ def test_scrape_to_query_latency(stack):
     assert took <= SCRAPE_TO_QUERY_MAX_S
 
 
+def test_delta_counts_exactly_where_increase_extrapolates(stack):
+    app, prom = stack["app"], stack["prom"]
+    prom.wait_for_targets(job="demo")
+    start = time.time()
+    for _ in range(7):
+        app.handle(0.2)
+    prom.wait_for_targets(job="demo", scrapes=2)
+    end = time.time()
+    assert prom.delta("demo_requests_total", start, end) == 7
+    window = max(1, math.ceil(end - start))
+    estimate = prom.value(f"increase(demo_requests_total[{window}s])", at=end)
+    print(f"\n[측정] 요청 7개: delta {prom.delta('demo_requests_total', start, end):.0f}, "
+          f"increase([{window}s]) {estimate}")
+
+
 def test_range_query_has_one_point_per_step(stack):
     prom = stack["prom"]
     prom.wait_for_targets(job="demo", scrapes=3)
