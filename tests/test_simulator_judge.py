@@ -70,6 +70,8 @@ def test_verdicts_agree_with_the_simulators_outcomes_for_every_model():
             means[model, system] = round(sum(scores) / len(scores), 3)
     assert means["gemini-3.5-flash", None] == round((36 * 5 + 8 * 2) / 44, 3)          # 4.455
     assert means["gemini-3.5-flash", GROUNDED] == 5.0
+    assert means["gemini-3.5-flash-lite", None] == round((31 * 5 + 3 + 2 * 2 + 8 * 2) / 44, 3)   # 4.045
+    assert means["gemini-3.5-flash-lite", GROUNDED] == round((31 * 5 + 5 * 2 + 8 * 5) / 44, 3)    # 4.659
     assert means["gemini-2.0-flash-lite", None] == round((20 * 5 + 13 + 3 * 2 + 8 * 2) / 44, 3)   # 3.068
     assert means["gemini-2.0-flash-lite", GROUNDED] == round((20 * 5 + 16 * 2 + 8 * 5) / 44, 3)   # 3.909
 
