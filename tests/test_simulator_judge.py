@@ -189,3 +189,18 @@ def test_bad_requests_to_the_judge(client_env):
     assert client_env.requests()[-1]["judge_verdict"] == "partial"
     names = [m["name"] for m in httpx.get(client_env.base_url + "/v1beta/models", headers=KEY).json()["models"]]
     assert f"models/{JUDGE_MODEL}" in names
+
+
+def test_real_client_structured_output_by_function_calling(client_env):
+    """with_structured_output(method="function_calling") sends tools + toolConfig mode ANY: the judge answers
+    with a functionCall whose args follow the declaration's parameters (plain and streamed)."""
+    e = knowledge.get("billing-plans")
+    q, wrong = e.questions[0], knowledge.wrong_answer(e.id)
+    structured = judge_llm().with_structured_output(JudgeVerdict, method="function_calling")
+    v = structured.invoke(judge_prompt(q, wrong))
+    assert isinstance(v, JudgeVerdict) and (v.score, v.verdict, v.reason) == (1, "hallucinated", judge(q, wrong).reason)
+    streamed = list(structured.stream(judge_prompt(q, e.answer)))
+    assert streamed and streamed[-1].verdict == "correct" and streamed[-1].score == 5
+    row = client_env.requests()[-1]
+    assert (row["judge_verdict"], row["judge_score"], row["output_tokens"]) == (
+        "correct", 5, count_tokens(judge_text(q, e.answer, JudgeVerdict.model_json_schema())))

@@ -324,15 +324,19 @@ class Simulator:
 
         prompt = _prompt_text(contents)
         r = prompt_rules(_system_text(system))
+        call = None   # a judge answering through function calling: (name, parameters schema)
         if profile(model).judge:
-            text, verdict, question = judge_request(prompt, gen)
+            call = _function_call(req)
+            text, verdict, question = judge_request(
+                prompt, gen if call is None else {"responseJsonSchema": call[1]})
             ans = _JudgeAnswer(text, count_tokens(text), verdict.entry_id)
             outcome, judged = None, (verdict.verdict, verdict.score)
         else:
             ans = answer_with_rules(prompt, model, self.config["seed"], budget, r.grounding, r.brevity)
             question, outcome, judged = prompt, ans.outcome, (None, None)
         text, out_tokens, finish = ans.text, ans.output_tokens, "STOP"
-        if max_out is not None and out_tokens > max_out:
+        parts = None if call is None else [{"functionCall": {"name": call[0], "args": orjson.loads(text)}}]
+        if max_out is not None and out_tokens > max_out and parts is None:
             text, out_tokens, finish = _truncate(text, max_out), None, "MAX_TOKENS"
             out_tokens = count_tokens(text)
             # a cut answer may lose its facts: the outcome is what its text shows
@@ -356,14 +360,14 @@ class Simulator:
             delay = ttft + (out_tokens + ans.thoughts_tokens) * per_token
             if delay > 0:
                 await asyncio.sleep(delay)
-            body = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+            body = {"candidates": [{"content": {"parts": parts or [{"text": text}], "role": "model"},
                                     "finishReason": finish, "index": 0}],
                     "usageMetadata": usage, "modelVersion": model, "responseId": rid}
             self._account(model, usage, record)
             await self._send(send, 200, orjson.dumps(body))
             return
         await self._stream(send, model, text, finish, usage, rid, ttft + ans.thoughts_tokens * per_token, per_token,
-                           record)
+                           record, parts)
 
     async def _malformed(self, send, action, model):
         """HTTP 200 whose body is a GenerateContentResponse cut in half (invalid JSON): the real
@@ -377,8 +381,8 @@ class Simulator:
         else:
             await self._send(send, 200, b"data: " + cut + b"\r\n\r\n", headers=_SSE_HEADERS)
 
-    async def _stream(self, send, model, text, finish, usage, rid, first_delay, per_token, record):
-        pieces = split_tokens(text)
+    async def _stream(self, send, model, text, finish, usage, rid, first_delay, per_token, record, parts=None):
+        pieces = split_tokens(text) if parts is None else []
         chunks: list[tuple[str, int]] = []
         buf, n = [], 0
         for piece in pieces:
@@ -398,7 +402,7 @@ class Simulator:
         for i, (piece, ntok) in enumerate(chunks):
             if per_token > 0 and ntok:
                 await asyncio.sleep(ntok * per_token)
-            cand: dict = {"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}
+            cand: dict = {"content": {"parts": parts or [{"text": piece}], "role": "model"}, "index": 0}
             obj: dict = {"candidates": [cand], "modelVersion": model, "responseId": rid}
             if i == last:
                 cand["finishReason"] = finish
@@ -554,6 +558,27 @@ class _JudgeAnswer:
 
     def __init__(self, text: str, output_tokens: int, matched_id: str | None):
         self.text, self.output_tokens, self.matched_id = text, output_tokens, matched_id
+
+
+def _function_call(req: dict) -> tuple[str, dict] | None:
+    """(name, parameters) of the function a judge request asks to be called with its verdict
+    (with_structured_output(method="function_calling") sends one declaration and mode ANY), else None."""
+    tools = req.get("tools")
+    if not isinstance(tools, list):
+        return None
+    decls = [d for t in tools if isinstance(t, dict)
+             for d in (t.get("functionDeclarations") or t.get("function_declarations") or [])
+             if isinstance(d, dict) and isinstance(d.get("name"), str)]
+    if not decls:
+        return None
+    fcc = ((req.get("toolConfig") or {}).get("functionCallingConfig") or {}) \
+        if isinstance(req.get("toolConfig"), dict) else {}
+    allowed = fcc.get("allowedFunctionNames") if isinstance(fcc, dict) else None
+    if isinstance(allowed, list) and allowed:
+        decls = [d for d in decls if d["name"] in allowed] or decls
+    d = decls[0]
+    params = d.get("parameters", d.get("parametersJsonSchema"))
+    return d["name"], params if isinstance(params, dict) else {}
 
 
 def _truncate(text: str, max_tokens: int) -> str:
