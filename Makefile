@@ -38,7 +38,7 @@ sim: $(STAMP)
 	$(BIN)/course sim
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
 
 grade: $(STAMP)
 	$(BIN)/python -m pytest grader
