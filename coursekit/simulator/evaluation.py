@@ -15,6 +15,12 @@ simulator itself logs in GET /_sim/requests:
     >>> evaluation.grade("제공된 정보로는 답할 수 없습니다.", ("30만 원",))
     'refused'
     >>> evaluation.summarize([(item, outcome), ...])   # accuracy, hallucination_rate, ...
+
+LLM-as-a-judge (README section 10): the judge model "gemini-3.5-flash-judge" answers the JSON of
+judge(question, answer) for a prompt "질문: ...\n답변: ..." (judge_prompt), so a grader recomputes it:
+
+    >>> evaluation.judge("요금제가 어떻게 돼요?", "제공된 정보로는 답할 수 없습니다.").score
+    2
 """
 
 from __future__ import annotations
