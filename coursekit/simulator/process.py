@@ -152,7 +152,8 @@ class SimulatorProcess:
 
     def requests(self, limit: int | None = None) -> list[dict]:
         """The last `limit` answered generate/stream requests, oldest first (GET /_sim/requests):
-        model, question, system_hash, grounding, brevity, entry_id, outcome, tokens, ..."""
+        model, question, system_hash, grounding, brevity, entry_id, outcome, tokens, ...; judge calls also
+        judge_verdict and judge_score (README 10)."""
         params = {"limit": limit} if limit is not None else None
         return self._req("GET", "/_sim/requests", params=params)["requests"]
 
