@@ -22,8 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from typing import Any, Iterator
 import httpx
 
 from . import REPO_ROOT, manifest
+from .procs import free_port, port_open, stop_process
 
 __all__ = [
     "LessonError",
@@ -208,18 +207,6 @@ def workdir() -> Path:
 
 
 # --------------------------------------------------------------------------- services
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @dataclass
 class Service:
     """A uvicorn process started by a lesson on a free loopback port."""
@@ -257,13 +244,7 @@ class Service:
         """SIGTERM (graceful shutdown: lifespan exit runs), then SIGKILL after `grace` seconds."""
         if self in _SERVICES:
             _SERVICES.remove(self)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, grace)
 
     def __enter__(self) -> "Service":
         return self
@@ -291,7 +272,7 @@ def start_service(folder_or_file: str | os.PathLike, module: str = "main", env: 
         raise LessonError(f"{cwd / (module + '.py')} 파일이 없습니다.")
     sim = simulator()
     full_env = {**os.environ, **sim.env(), "PYTHONUNBUFFERED": "1", **(env or {})}
-    port = _free_port()
+    port = free_port()
     log_path = workdir() / f"{module}-{port}.log"
     target = f"{module}:{app}"
     with open(log_path, "wb") as out:
@@ -303,7 +284,7 @@ def start_service(folder_or_file: str | os.PathLike, module: str = "main", env: 
     svc = Service(f"http://127.0.0.1:{port}", port, proc, log_path, cwd, target, env or {})
     _SERVICES.append(svc)
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and not _port_open(port):
+    while proc.poll() is None and not port_open(port):
         if time.monotonic() > deadline:
             svc.stop()
             raise LessonError(f"`uvicorn {target}` 가 {timeout:.0f}초 안에 포트 {port} 를 열지 않았습니다 "

@@ -28,8 +28,6 @@ import atexit
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -42,6 +40,8 @@ from typing import Any
 
 import httpx
 import yaml
+
+from .procs import free_port, skip_or_fail, stop_process, tools_required
 
 __all__ = [
     "Alertmanager",
@@ -94,23 +94,12 @@ def missing_note(names: Iterable[str], reason: str) -> str:
     return f"{', '.join(names)} 이(가) 없어 건너뜁니다: {reason}. {INSTALL_HINT}"
 
 
-def tools_required() -> bool:
-    """In CI (COURSE_REQUIRE_TOOLS=1) a missing tool fails instead of skipping (the grader's rule)."""
-    return os.environ.get("COURSE_REQUIRE_TOOLS", "") not in ("", "0", "false", "no")
-
-
 def require_tools(*names: str, reason: str) -> None:
     """Inside pytest: skip with a Korean note when a tool is missing, or fail under
     COURSE_REQUIRE_TOOLS=1 (same rule and wording as `grader.harness.require_tool`)."""
-    import pytest
-
     missing = missing_tools(*names)
-    if not missing:
-        return
-    note = missing_note(missing, reason)
-    if tools_required():
-        pytest.fail(f"[CI] {note} (COURSE_REQUIRE_TOOLS=1 에서는 건너뛸 수 없습니다)", pytrace=False)
-    pytest.skip(note)
+    if missing:
+        skip_or_fail(missing_note(missing, reason))
 
 
 def _tool(name: str) -> str:
@@ -118,12 +107,6 @@ def _tool(name: str) -> str:
     if path is None:
         raise PrometheusError(f"{name} 이(가) 설치되어 있지 않습니다. {INSTALL_HINT}")
     return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- promtool / amtool
@@ -331,7 +314,7 @@ class _Server:
         began = time.monotonic()
         for attempt in range(self.port_retries):
             config_path = self._prepare()
-            self.port = _free_port()
+            self.port = free_port()
             with open(self.folder / "log.txt", "wb") as out:
                 self.process = subprocess.Popen(
                     self._args(config_path) + self.extra_args, cwd=self.folder, stdout=out,
@@ -374,13 +357,8 @@ class _Server:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        if self.process is not None:
+            stop_process(self.process, grace)
         if self.folder is not None:
             self.last_log = self.log()
             shutil.rmtree(self.folder, ignore_errors=True)

@@ -20,12 +20,9 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,8 @@ from typing import Any, Iterator
 import pytest
 
 from coursekit import manifest
+from coursekit.procs import free_port, skip_or_fail, stop_process, tools_required, wait_until
+from coursekit.procs import port_open as _port_open
 
 __all__ = [
     "CheckFailed",
@@ -120,11 +119,6 @@ def _set_current(store: dict[str, Any] | None) -> None:
 
 
 # --------------------------------------------------------------------------- tools
-def tools_required() -> bool:
-    """In CI (COURSE_REQUIRE_TOOLS=1) a missing system tool fails instead of skipping."""
-    return os.environ.get("COURSE_REQUIRE_TOOLS", "") not in ("", "0", "false", "no")
-
-
 def require_tool(name: str, reason: str, available: bool | None = None) -> None:
     """Skip (learner's laptop) or fail (CI) when a system tool is missing.
 
@@ -134,32 +128,7 @@ def require_tool(name: str, reason: str, available: bool | None = None) -> None:
     if ok:
         return
     what = "없어" if available is None else "사용할 수 없어"
-    note = f"{name} 을(를) {what} 이 항목을 건너뜁니다: {reason}"
-    if tools_required():
-        pytest.fail(f"[CI] {note} (COURSE_REQUIRE_TOOLS=1 에서는 건너뛸 수 없습니다)", pytrace=False)
-    pytest.skip(note)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until it is true or the deadline passes (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    skip_or_fail(f"{name} 을(를) {what} 이 항목을 건너뜁니다: {reason}")
 
 
 # --------------------------------------------------------------------------- service
@@ -213,13 +182,7 @@ class Service:
     def stop(self, grace: float = 10.0) -> None:
         if self in _started:
             _started.remove(self)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, grace)
 
 
 # What a copy of a learner's step folder leaves out: local secrets/settings and caches.

@@ -104,7 +104,7 @@ def stack():
     rng = random.Random(4)
     for _ in range(300):  # LLM-like latencies: lognormal around 1.5 s
         app.handle(rng.lognormvariate(math.log(1.5), 0.6))
-    dead = kp._free_port()  # nothing listens there: a target that is down
+    dead = kp.free_port()  # nothing listens there: a target that is down
     pids: list[int] = []
     hook = kp.WebhookReceiver().start()
     am = kp.Alertmanager(kp.alertmanager_config(hook.url)).start()
