@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# the maintainers' extra (playwright, check-jsonschema): only `make test` needs it
+# the maintainers' extra (playwright): only `make test` needs it
 TEST_STAMP := $(VENV)/.installed-test
 
 export NO_MKDOCS_2_WARNING := 1
