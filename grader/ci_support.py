@@ -21,7 +21,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from .ci_expressions import ExpressionError, github_if, github_template, gitlab_eval, uses_status_function
+from .ci_expressions import ExpressionError, github_if, github_template, gitlab_eval
 from .harness import fail
 
 GITHUB_WORKFLOW = ".github/workflows/ci.yml"

@@ -122,18 +122,6 @@ def quantity(value: Any) -> float | None:
         return None
 
 
-def image_tag(image: str) -> tuple[str, str | None, str | None]:
-    """(repository, tag, digest) of an image reference."""
-    digest = None
-    if "@" in image:
-        image, digest = image.split("@", 1)
-    last = image.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo, tag = image.rsplit(":", 1)
-        return repo, tag, digest
-    return image, None, digest
-
-
 def argocd_schema() -> dict:
     return json.loads(ARGOCD_SCHEMA.read_text(encoding="utf-8"))
 

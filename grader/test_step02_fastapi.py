@@ -104,11 +104,6 @@ def short(r: httpx.Response, n: int = 160) -> str:
     return f"HTTP {r.status_code} {text[:n]}{'…' if len(text) > n else ''}"
 
 
-def upstream_calls(sim) -> int:
-    by_action = sim.stats().get("by_action", {})
-    return int(by_action.get("generateContent", 0)) + int(by_action.get("streamGenerateContent", 0))
-
-
 def json_object(r: httpx.Response) -> dict:
     """The response body as a JSON object, or a failed check saying what came instead."""
     try:
@@ -189,7 +184,7 @@ def test_health(service, sim):
         except httpx.HTTPError as exc:
             fail(expected="GET /health 가 5초 안에 응답", measured=type(exc).__name__)
     r = results[-1]
-    calls = upstream_calls(sim)
+    calls = sim.upstream_calls()
     record("upstream_calls", calls)
     if r.status_code != 200:
         fail(expected="GET /health (인증 없이) -> 200", measured=short(r))
@@ -245,7 +240,7 @@ def test_validation(service, sim):
             bad.append(f"{name} -> {r.status_code} (413 이어야 함: 본문 크기 상한 64 KiB)")
         elif shape and error_code(r) != "payload_too_large":
             shapes.append(f"{name}: {short(r)}")
-    calls = upstream_calls(sim)
+    calls = sim.upstream_calls()
     record("statuses", seen)
     record("upstream_calls", calls)
     if bad:
@@ -323,7 +318,7 @@ def test_settings_from_dotenv_only(step_dir, simulator, sim, tmp_path):
     sim.reset()
     with run_service(folder, env=NO_INTERNET, name=f"{folder.name} (.env 로만 설정)") as svc:
         r = post_chat(svc, {"message": QUESTION}, key=service_key)
-        calls = upstream_calls(sim)
+        calls = sim.upstream_calls()
         record("status", r.status_code)
         record("upstream_calls", calls)
         if r.status_code != 200:
@@ -399,7 +394,7 @@ def test_retry_bound(service, sim):
         status = str(r.status_code)
     except httpx.TimeoutException:
         status = f"{limit:.0f}초 안에 응답 없음"
-    calls = upstream_calls(sim)
+    calls = sim.upstream_calls()
     sim.configure(error_503_rate=0.0)
     record("upstream_attempts", calls)
     record("limit", MAX_ATTEMPTS)

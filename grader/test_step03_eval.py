@@ -156,10 +156,6 @@ def load_dataset(folder: Path) -> tuple[list[DatasetItem], list[str]]:
     return items, markers
 
 
-def _norm(text: str) -> str:
-    return "".join(text.casefold().split())
-
-
 def dataset_problems(items: list[DatasetItem], markers: list[str]) -> tuple[list[str], list[str], dict]:
     """What is wrong with the learner's evaluation set (Korean): (problems that make the gate's numbers
     incomparable with the simulator's, coverage problems), and counts."""
@@ -192,12 +188,12 @@ def dataset_problems(items: list[DatasetItem], markers: list[str]) -> tuple[list
         coverage.append(f"지식 베이스 질문이 서로 다른 항목 {len(entries)}개 (최소 {MIN_KB_ITEMS}개)")
     if len(off) < MIN_REFUSE_ITEMS:
         coverage.append(f"거절해야 할 질문(refuse = true) {len(off)}개 (최소 {MIN_REFUSE_ITEMS}개)")
-    if not any(_norm(m) and _norm(m) in _norm(REFUSAL_TEXT) for m in markers):
+    if not any(m.strip() and knowledge.has_fact(REFUSAL_TEXT, m) for m in markers):
         problems.append(f"refusal_markers 가 거절 문장 {REFUSAL_TEXT!r} 을 알아보지 못함")
-    if not any(_norm(m) and _norm(m) in _norm(NOT_KNOWN_TEXT) for m in markers):
+    if not any(m.strip() and knowledge.has_fact(NOT_KNOWN_TEXT, m) for m in markers):
         problems.append(f"refusal_markers 가 '모름' 답 {NOT_KNOWN_TEXT!r} 을 알아보지 못함")
     correct = [e.answer for e in knowledge.entries()] + [knowledge.brief_answer(e.id) for e in knowledge.entries()]
-    hit = sorted({m for m in markers for a in correct if _norm(m) and _norm(m) in _norm(a)})
+    hit = sorted({m for m in markers for a in correct if m.strip() and knowledge.has_fact(a, m)})
     if hit:
         problems.append(f"refusal_markers {hit} 가 정답에도 들어 있어 맞는 답을 거절로 셈")
     return problems, coverage, {"kb_items": len(kb), "kb_entries": len(entries), "refuse_items": len(off)}

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 
 from grader import ci_support as ci
 from grader import k8s_support as k8s
+from grader.docker_support import image_reference
 from grader.ci_expressions import ExpressionError, uses_status_function
 from grader.harness import blocked, check, copy_step, fail, record, require_tool
 
@@ -418,11 +418,6 @@ def test_workflow_practices(workflow):
 
 
 # --------------------------------------------------------------------------- the commands really run
-def upstream_calls(sim) -> int:
-    by_action = sim.stats().get("by_action", {})
-    return int(by_action.get("generateContent", 0)) + int(by_action.get("streamGenerateContent", 0))
-
-
 @check("step03.ci_commands")
 def test_ci_commands_run(step_dir, workflow, sim, tmp_path):
     test_job, eval_job = find_test_and_eval_jobs(workflow)
@@ -461,7 +456,7 @@ def test_ci_commands_run(step_dir, workflow, sim, tmp_path):
                      measured="pytest 의 'N passed' 요약이 없습니다 (실행된 테스트 없음?)",
                      detail="명령 출력 (마지막 줄):\n" + "\n".join(outputs.strip().splitlines()[-15:]))
         if job_id == eval_job:
-            calls = upstream_calls(sim)
+            calls = sim.upstream_calls()
             record("eval_llm_calls", calls)
             if calls == 0:
                 fail(expected=f"평가 잡 `{job_id}` 이 평가 세트의 질문을 LLM(채점기의 시뮬레이터)에 실제로 보냄",
@@ -723,7 +718,7 @@ def test_image_tags(rendered):
     for t, w, c in each_container(rendered, init=True):
         image = str(c.get("image") or "")
         images.add(image)
-        repo, tag, digest = k8s.image_tag(image)
+        repo, tag, digest = image_reference(image)
         where_ = f"{t}: {k8s.name_of(w)} 컨테이너 {c.get('name')}"
         if not image:
             problems.append(f"{where_}: image 없음")
@@ -835,8 +830,8 @@ def simulated_bump(step_dir: Path, tmp: Path, folder: str, arg: str) -> tuple[li
         return [], f"{folder}/kustomization.yaml 이 없습니다"
     name, _, new = arg.partition("=")
     if not new:
-        new, name = name, k8s.image_tag(name)[0]
-    repo, tag, digest = k8s.image_tag(new)
+        new, name = name, image_reference(name)[0]
+    repo, tag, digest = image_reference(new)
     data = yaml.safe_load(kfile.read_text(encoding="utf-8")) or {}
     images = data.setdefault("images", [])
     entry = next((i for i in images if isinstance(i, dict) and i.get("name") == name), None)

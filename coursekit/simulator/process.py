@@ -150,6 +150,11 @@ class SimulatorProcess:
     def stats(self) -> dict:
         return self._req("GET", "/_sim/stats")
 
+    def upstream_calls(self) -> int:
+        """generateContent + streamGenerateContent calls since the last reset (each retry counts)."""
+        by_action = self.stats().get("by_action", {})
+        return int(by_action.get("generateContent", 0)) + int(by_action.get("streamGenerateContent", 0))
+
     def requests(self, limit: int | None = None) -> list[dict]:
         """The last `limit` answered generate/stream requests, oldest first (GET /_sim/requests):
         model, question, system_hash, grounding, brevity, entry_id, outcome, tokens, ...; judge calls also
