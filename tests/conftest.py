@@ -1,6 +1,5 @@
 """Shared fixtures of the maintainers' tests (kept minimal)."""
 
-import os
 import subprocess
 import sys
 import time

@@ -29,6 +29,7 @@ import pytest
 from coursekit import REPO_ROOT
 from coursekit.simulator import SimulatorProcess
 from grader.harness import free_port
+from markdown_blocks import fenced_blocks
 
 TOML = Path(__file__).with_name("documented_commands.toml")
 SHELL_TAGS = {"bash", "sh", "shell", "console", "zsh", ""}
@@ -74,33 +75,9 @@ def documents() -> list[Path]:
     return [p for p in found if p.is_file()]
 
 
-_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*)$")
-
-
 def shell_blocks(text: str) -> list[tuple[int, str]]:
-    """(line number of the first body line, dedented body) of each fenced shell block
-    (also fences indented under admonitions, tabs and list items)."""
-    lines, out, i = text.splitlines(), [], 0
-    while i < len(lines):
-        m = _OPEN.match(lines[i])
-        if not m:
-            i += 1
-            continue
-        indent, fence = m.group("indent"), m.group("fence")
-        info = re.sub(r"^[{.\s]+", "", m.group("info").strip())
-        tag = info.split(maxsplit=1)[0].rstrip("}").lower() if info else ""
-        start, body = i + 2, []
-        i += 1
-        while i < len(lines):
-            close = re.match(r"^[ \t]*(`{3,}|~{3,})[ \t]*$", lines[i])
-            if close and close.group(1)[0] == fence[0] and len(close.group(1)) >= len(fence):
-                break
-            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i].lstrip())
-            i += 1
-        i += 1
-        if tag in SHELL_TAGS:
-            out.append((start, "\n".join(body)))
-    return out
+    """(line number of the first body line, dedented body) of each fenced shell block."""
+    return [(line + 1, body[:-1]) for line, tag, body in fenced_blocks(text) if tag in SHELL_TAGS]
 
 
 def strip_comment(line: str) -> str:

@@ -5,7 +5,6 @@ with_structured_output, streaming) against the simulator, with the request log a
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Literal
 
 import httpx

