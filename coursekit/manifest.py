@@ -50,6 +50,7 @@ class Step:
     status: str
     checks: tuple[Check, ...] = ()
     planned_items: tuple[str, ...] = ()
+    builds_on: tuple[str, ...] = ()  # earlier steps whose solutions this one carries forward
 
     @property
     def number(self) -> int:
@@ -118,6 +119,10 @@ def _parse(data: dict) -> Manifest:
         for item in raw.get("items", []):
             if item not in item_ids:
                 raise ValueError(f"{raw['id']}: 알 수 없는 체크리스트 항목 {item!r}")
+        earlier = {s.id for s in steps}
+        for base in raw.get("builds_on", []):
+            if base not in earlier:
+                raise ValueError(f"{raw['id']}: builds_on 의 {base!r} 는 앞에 나온 단계여야 합니다")
         steps.append(
             Step(
                 id=raw["id"],
@@ -128,6 +133,7 @@ def _parse(data: dict) -> Manifest:
                 status=raw.get("status", "planned"),
                 checks=tuple(step_checks),
                 planned_items=tuple(raw.get("items", [])),
+                builds_on=tuple(raw.get("builds_on", [])),
             )
         )
     course = data["course"]

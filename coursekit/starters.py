@@ -196,6 +196,9 @@ def _builds_on(root: Path) -> dict[str, list[str]]:
     folders = {s["id"]: s["folder"] for s in steps}
     out = {}
     for s in steps:
+        unknown = [b for b in s.get("builds_on", []) if b not in folders]
+        if unknown:
+            raise MarkerError(f"{manifest}: {s['id']} 의 builds_on 에 없는 단계 {unknown}")
         if s.get("builds_on"):
             out[s["folder"]] = [folders[b] for b in s["builds_on"]]
     return out

@@ -197,3 +197,21 @@ def test_later_solution_passes_the_earlier_steps_checks(later, earlier, checks, 
     got = json.loads(report.read_text(encoding="utf-8"))["steps"][earlier]["checks"]
     bad = {cid: c["messages"] for cid, c in got.items() if c["outcome"] != "passed"}
     assert set(got) == set(checks) and not bad, (bad, proc.stdout[-3000:])
+
+
+def test_builds_on_an_unknown_step_is_a_korean_error(tmp_path):
+    _course(tmp_path, builds_on='["step9"]')
+    with pytest.raises(starters.MarkerError, match="builds_on 에 없는 단계"):
+        starters.carry_plan(tmp_path)
+
+
+def test_manifest_builds_on_must_name_an_earlier_step():
+    import tomllib
+
+    from coursekit import manifest
+
+    data = tomllib.loads((manifest.MANIFEST_PATH).read_text(encoding="utf-8"))
+    assert manifest._parse(data).step("step03").builds_on == ("step02", "step01")
+    data["steps"][0]["builds_on"] = ["step03"]
+    with pytest.raises(ValueError, match="앞에 나온 단계"):
+        manifest._parse(data)
