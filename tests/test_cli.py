@@ -277,3 +277,26 @@ def test_test_tools_are_an_extra_that_only_make_test_installs(tmp_path):
     os.utime(lab_venv / ".installed-test", (1, 1))
     out = dry("test", lab_venv)
     assert "install --quiet -e .\n" in out and "-e '.[test]'" in out
+
+
+def test_sim_port_zero_prints_the_port_it_really_listens_on():
+    """`course sim --port 0` lets the OS pick a free port; the printed address must be that port
+    (it used to print http://127.0.0.1:0, which nothing can reach)."""
+    proc = subprocess.Popen([*COURSE, "sim", "--port", "0", "--latency", "zero"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert match and match.group(1) != "0", line
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                stats = httpx.get(f"http://127.0.0.1:{match.group(1)}/_sim/stats", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, line
+                time.sleep(0.2)
+        assert stats["requests_total"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)

@@ -98,17 +98,33 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"시뮬레이터 설정 오류: {exc}", file=sys.stderr)
         return 2
+    if args.fd is None and args.port == 0:
+        # --port 0: the OS picks a free port; bind here so the printed address is the real one.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((args.host, 0))
+        sock.listen(4096)
+        sock.set_inheritable(True)
+        args.port = sock.getsockname()[1]
+        _print_address(args, cfg)
+        serve(host=args.host, port=args.port, fd=sock.fileno(), log_level=args.log_level, **cfg)
+        return 0
     if args.fd is None:
-        effective = {**DEFAULTS, **cfg}
-        url_host = "127.0.0.1" if args.host == "0.0.0.0" else args.host
-        bind = "  (0.0.0.0: 이 PC 의 모든 주소에서 받음, 컨테이너에서는 host.docker.internal)" \
-            if args.host == "0.0.0.0" else ""
-        print(f"Gemini 시뮬레이터: http://{url_host}:{args.port}  (지연 시간 {effective['latency']}){bind}\n"
-              f"  export GOOGLE_GEMINI_BASE_URL=http://{url_host}:{args.port}\n"
-              f"  export GOOGLE_API_KEY={SIM_KEY}    # 아무 ASCII 문자열 (키는 HTTP 헤더로 갑니다)",
-              file=sys.stderr, flush=True)
+        _print_address(args, cfg)
     serve(host=args.host, port=args.port, fd=args.fd, log_level=args.log_level, **cfg)
     return 0
+
+
+def _print_address(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    """The address and the two exports a learner copies (stderr)."""
+    effective = {**DEFAULTS, **cfg}
+    url_host = "127.0.0.1" if args.host == "0.0.0.0" else args.host
+    bind = "  (0.0.0.0: 이 PC 의 모든 주소에서 받음, 컨테이너에서는 host.docker.internal)" \
+        if args.host == "0.0.0.0" else ""
+    print(f"Gemini 시뮬레이터: http://{url_host}:{args.port}  (지연 시간 {effective['latency']}){bind}\n"
+          f"  export GOOGLE_GEMINI_BASE_URL=http://{url_host}:{args.port}\n"
+          f"  export GOOGLE_API_KEY={SIM_KEY}    # 아무 ASCII 문자열 (키는 HTTP 헤더로 갑니다)",
+          file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
