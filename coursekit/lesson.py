@@ -41,6 +41,7 @@ __all__ = [
     "Service",
     "Simulator",
     "cleanup",
+    "on_cleanup",
     "section_checks",
     "self_check",
     "setup",
@@ -415,10 +416,21 @@ def _print_results(results: dict[str, dict[str, Any]], target_dir: Path) -> None
 
 
 # --------------------------------------------------------------------------- cleanup
+_CLEANUPS: list = []
+
+
+def on_cleanup(func) -> None:
+    """Run `func()` first in every `cleanup()` (other kit modules stop what they started: Prometheus ...)."""
+    if func not in _CLEANUPS:
+        _CLEANUPS.append(func)
+
+
 def cleanup() -> None:
     """Stop every service and the lesson's own simulator (by PID), restore a shared simulator's
     configuration, and remove the work folder. Safe to call more than once."""
     global _SIM, _WORK
+    for func in list(_CLEANUPS):
+        func()
     for svc in list(_SERVICES):
         svc.stop()
     if _SIM is not None:
