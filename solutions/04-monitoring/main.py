@@ -26,6 +26,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pathlib import Path
 
 from langchain_core.messages import HumanMessage, SystemMessage
+# BEGIN SOLUTION
+import asyncio
+import logging
+import random
+import time
+from typing import Literal
+
+from fastapi.responses import Response
+
+import quality
+import telemetry
+
+logger = logging.getLogger("llm-chat")
+# STARTER
+# # TODO 1 (lesson §1 '골든 시그널'): 메트릭 모듈을 불러오세요: import telemetry (뒤의 TODO 에서 quality,
+# #   asyncio, random, time, typing.Literal, fastapi.responses.Response 도 씁니다).
+# END SOLUTION
 
 MAX_BODY_BYTES = 64 * 1024  # 요청 본문 상한: 64 KiB
 
@@ -44,6 +61,16 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=4000, ge=1)
     # 시스템 프롬프트의 버전 = prompts/<버전>.txt. 경로를 넘나드는 값(../)은 받지 않습니다.
     prompt_version: str = Field(default="v2", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # BEGIN SOLUTION
+    # 품질 신호 (lesson §6, §7): 판정 모델, 판정할 답의 비율(0 이면 끔), 입력 드리프트를 재는 최근 메시지 수.
+    judge_model: str = "gemini-3.5-flash-judge"
+    judge_sample_rate: float = Field(default=0.1, ge=0, le=1)
+    drift_window: int = Field(default=200, ge=10)
+    # STARTER
+    # # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 설정 JUDGE_MODEL (기본 "gemini-3.5-flash-judge")과
+    # #   JUDGE_SAMPLE_RATE (0~1, 기본 0.1, 0 이면 판정하지 않음)를 추가하세요.
+    # # TODO 10 (lesson §7 '드리프트 (PSI)'): 설정 DRIFT_WINDOW (정수, 10 이상, 기본 200)를 추가하세요.
+    # END SOLUTION
 
     @field_validator("google_api_key", "service_api_key")
     @classmethod
@@ -88,6 +115,13 @@ class ChatRequest(BaseModel):
         max_length=settings.max_message_chars,
         description="사용자 질문 (공백만으로 된 문자열은 안 됨)",
     )
+    # BEGIN SOLUTION
+    # 누가 물었는지 (06단계의 A/B 테스트가 씀). 메트릭의 라벨로는 절대 쓰지 않습니다 (값의 종류가 끝이 없음).
+    user_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$", description="선택: 사용자 id")
+    # STARTER
+    # # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 선택 필드 user_id (영문, 숫자, _ . : @ - 로
+    # #   1~64자, 기본 None)를 받으세요. 메트릭 라벨로는 쓰지 않습니다.
+    # END SOLUTION
 
     @field_validator("message")
     @classmethod
@@ -110,6 +144,11 @@ class ChatResponse(BaseModel):
     model: str = Field(description="답변한 모델 이름")
     prompt_version: str = Field(description="답변에 쓴 시스템 프롬프트 버전 (PROMPT_VERSION)")
     usage: Usage
+    # BEGIN SOLUTION
+    response_id: str = Field(description="이 답의 id (32자리 16진수): POST /feedback 에 그대로 보냅니다")
+    # STARTER
+    # # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): response_id 필드를 추가하세요.
+    # END SOLUTION
 
 
 class ErrorDetail(BaseModel):
@@ -127,6 +166,32 @@ class HealthResponse(BaseModel):
     status: str = Field(description="항상 ok")
     model: str = Field(description="설정된 모델 이름")
     prompt_version: str = Field(description="설정된 시스템 프롬프트 버전 (PROMPT_VERSION)")
+# BEGIN SOLUTION
+
+
+class FeedbackRequest(BaseModel):
+    """POST /feedback 요청 본문: 이 서비스가 낸 답 하나에 대한 사용자의 평가."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"response_id": "0f8e1c2b3a4d5e6f708192a3b4c5d6e7", "rating": "up", "score": 5}]},
+    )
+
+    response_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="/chat 응답의 response_id")
+    rating: Literal["up", "down"] = Field(description="좋아요(up) 또는 싫어요(down)")
+    score: int | None = Field(default=None, ge=1, le=5, strict=True, description="선택: 1~5 점")
+    comment: str | None = Field(default=None, max_length=1000, description="선택: 의견 (메트릭에는 들어가지 않음)")
+
+
+class FeedbackResponse(BaseModel):
+    response_id: str
+    rating: str
+    recorded: bool = Field(description="피드백을 기록했는지 (항상 true)")
+# STARTER
+# # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): POST /feedback 의 요청 본문 FeedbackRequest
+# #   (모르는 필드는 422; response_id: 32자리 소문자 16진수, rating: "up" 또는 "down", score: 선택 1~5 정수,
+# #   comment: 선택 1000자 이하)와 응답 FeedbackResponse (response_id, rating, recorded) 를 만드세요.
+# END SOLUTION
 
 
 class ApiError(Exception):
@@ -169,6 +234,63 @@ def retry_after_seconds(exc: Exception, default: int = 5) -> int:
     return default
 
 
+# BEGIN SOLUTION
+def error_type(exc: BaseException) -> str:
+    """LLM 호출 실패의 종류 = 클라이언트가 받는 오류 코드 (아래 chat() 의 except 절과 같은 분류)."""
+    if isinstance(exc, ModelRateLimitError):
+        return "upstream_rate_limited"
+    if isinstance(exc, ServerError):
+        return "upstream_error"
+    if isinstance(exc, UPSTREAM_TIMEOUTS):
+        return "upstream_timeout"
+    return "internal_error"
+
+
+async def invoke_llm(llm, messages: list, model: str):
+    """LLM 호출 한 번 (재시도는 클라이언트 안에서). 성공이든 실패든 시간을 기록하고, 성공하면 토큰과 비용도."""
+    started = time.perf_counter()
+    try:
+        reply = await llm.ainvoke(messages)
+    except Exception as exc:
+        telemetry.record_operation(model, time.perf_counter() - started, error_type=error_type(exc))
+        raise
+    telemetry.record_operation(model, time.perf_counter() - started)
+    telemetry.record_usage(model, reply.usage_metadata)
+    return reply
+
+
+async def judge_answer(question: str, answer: str, answer_model: str) -> None:
+    """판정 모델에게 답 하나를 채점시켜 llm.judge.score 에 기록합니다. 실패해도 클라이언트와 상관없습니다
+    (응답은 이미 나갔음): 판정 호출의 실패는 gen_ai.client.operation.duration 의 error.type 으로만 보입니다."""
+    try:
+        reply = await invoke_llm(app.state.judge_llm, quality.judge_messages(question, answer), settings.judge_model)
+    except Exception as exc:
+        logger.warning("판정 호출 실패 (%s): %s", error_type(exc), type(exc).__name__)
+        return
+    score = quality.parse_judge(reply.text)
+    if score is None:
+        logger.warning("판정 모델의 답을 읽을 수 없습니다: %.200s", reply.text)
+        return
+    telemetry.record_judge(answer_model, score)
+
+
+def schedule_judge(question: str, answer: str) -> None:
+    """판정을 백그라운드 작업으로: 응답을 기다리게 하지 않습니다. 작업은 끝날 때까지 집합에 두어(강한 참조)
+    가비지 컬렉션에 사라지지 않게 하고, 종료할 때 lifespan 이 남은 작업을 기다립니다."""
+    task = asyncio.create_task(judge_answer(question, answer, settings.llm_model))
+    app.state.judge_tasks.add(task)
+    task.add_done_callback(app.state.judge_tasks.discard)
+# STARTER
+# # TODO 4 (lesson §4 'GenAI 시맨틱 컨벤션으로 LLM 호출 계측'): LLM 호출 한 번을 재는 invoke_llm(llm, messages, model) 을
+# #   만드세요: time.perf_counter() 로 잰 시간을 telemetry.record_operation(model, 초) 로, 실패하면
+# #   error_type= 에 클라이언트가 받는 오류 코드(upstream_rate_limited, upstream_error, upstream_timeout,
+# #   internal_error)를 넣어 기록하고 예외는 그대로 다시 던집니다. 성공하면 telemetry.record_usage(model,
+# #   reply.usage_metadata) 로 토큰과 비용을 기록합니다 (TODO 5, 6).
+# # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 답 하나를 판정 모델(settings.judge_model)로
+# #   채점하는 judge_answer() 와, 그것을 asyncio.create_task 로 백그라운드에서 돌리는 schedule_judge() 를 만드세요.
+# #   판정 메시지는 quality.judge_messages(), 점수는 quality.parse_judge(), 기록은 telemetry.record_judge().
+# #   판정이 실패해도 클라이언트는 오류를 받지 않습니다.
+# END SOLUTION
 
 
 @asynccontextmanager
@@ -182,7 +304,36 @@ async def lifespan(app: FastAPI):
         timeout=settings.llm_timeout_seconds,  # 시도 한 번의 상한 (초)
         max_retries=settings.llm_max_attempts,  # 총 시도 횟수. 빼면 langchain-google-genai 기본값 6
     )
+    # BEGIN SOLUTION
+    # 판정 모델 클라이언트: 같은 키와 주소, 결정적인(temperature 0) JSON 답.
+    app.state.judge_llm = ChatGoogleGenerativeAI(
+        model=settings.judge_model,
+        api_key=settings.google_api_key,
+        base_url=settings.google_gemini_base_url,
+        timeout=settings.llm_timeout_seconds,
+        max_retries=settings.llm_max_attempts,
+        temperature=0,
+        response_mime_type="application/json",
+    )
+    app.state.judge_tasks = set()  # 진행 중인 판정 작업 (강한 참조)
+    app.state.responses = quality.IssuedResponses()  # 피드백을 받을 응답 id (최근 10 000 개)
+    app.state.drift = quality.InputDrift(settings.drift_window)
+    # STARTER
+    # # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): app.state.responses = quality.IssuedResponses()
+    # # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 판정 모델 클라이언트 app.state.judge_llm
+    # #   (model=settings.judge_model, 나머지는 위와 같게)과 진행 중인 판정 작업의 집합 app.state.judge_tasks
+    # # TODO 10 (lesson §7 '드리프트 (PSI)'): app.state.drift = quality.InputDrift(settings.drift_window)
+    # END SOLUTION
     yield
+    # BEGIN SOLUTION
+    # 종료: 남은 판정 작업을 기다린 뒤(각 작업은 타임아웃과 시도 횟수로 끝이 있음) 클라이언트를 닫습니다.
+    if app.state.judge_tasks:
+        await asyncio.gather(*app.state.judge_tasks, return_exceptions=True)
+    await app.state.judge_llm.aclose()
+    # STARTER
+    # # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 종료할 때 남은 판정 작업을 기다리고
+    # #   (asyncio.gather) 판정 클라이언트를 닫으세요.
+    # END SOLUTION
     await app.state.llm.aclose()
 
 
@@ -194,6 +345,14 @@ app = FastAPI(
     # FastAPI 의 내장 본문 크기 제한: 선언된 Content-Length 가 크면 본문을 읽기 전에, 헤더가 없는
     # (chunked) 본문은 읽는 동안 센 바이트가 넘는 순간 413 을 냅니다. JSON 파싱 전에 거절됩니다.
     max_body_size=MAX_BODY_BYTES,
+    # BEGIN SOLUTION
+    # FastAPI 의 내장 OpenTelemetry 계측: 요청마다 http.server.request.duration (경로, 메서드, 상태 코드) 을
+    # telemetry.py 의 MeterProvider 로 기록합니다. 골든 시그널 중 지연 시간, 트래픽, 오류가 여기서 나옵니다.
+    telemetry=telemetry.FASTAPI_TELEMETRY,
+    # STARTER
+    # # TODO 1 (lesson §1 '골든 시그널'): telemetry=telemetry.FASTAPI_TELEMETRY 를 넘겨 FastAPI 가 요청마다
+    # #   http.server.request.duration 을 telemetry.py 의 MeterProvider 로 기록하게 하세요.
+    # END SOLUTION
 )
 
 
@@ -237,6 +396,18 @@ def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> 
 @app.get("/health", response_model=HealthResponse, summary="헬스 체크 (LLM 을 부르지 않음)")
 async def health() -> HealthResponse:
     return HealthResponse(status="ok", model=settings.llm_model, prompt_version=settings.prompt_version)
+# BEGIN SOLUTION
+
+
+@app.get("/metrics", summary="Prometheus 메트릭 (키 없음, 비밀 값 없음)", include_in_schema=False)
+async def metrics() -> Response:
+    # Prometheus 는 키 없이 긁어 갑니다: 여기에는 질문, 사용자 id, 키 같은 값이 절대 들어가지 않습니다.
+    body, content_type = telemetry.metrics_body()
+    return Response(content=body, media_type=content_type)
+# STARTER
+# # TODO 2 (lesson §2 'Prometheus 데이터 모델과 이름 규칙'): GET /metrics 를 만드세요. X-API-Key 없이
+# #   telemetry.metrics_body() 의 본문과 Content-Type 을 그대로 돌려줍니다 (fastapi.responses.Response).
+# END SOLUTION
 
 
 @app.post(
@@ -254,9 +425,22 @@ async def health() -> HealthResponse:
     },
 )
 async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]) -> ChatResponse:
+    # BEGIN SOLUTION
+    # 입력 드리프트: 검증을 통과한 모든 질문의 길이 (LLM 이 답하기 전에, 실패한 요청도 입력은 입력).
+    telemetry.set_drift(app.state.drift.observe(req.message))
+    # STARTER
+    # # TODO 10 (lesson §7 '드리프트 (PSI)'): 질문을 app.state.drift.observe() 에 넣고 그 PSI 를
+    # #   telemetry.set_drift() 로 기록하세요.
+    # END SOLUTION
     try:
         # 시스템 지시(프롬프트 버전의 내용)와 사용자 질문을 역할을 나눠 보냅니다.
-        reply = await llm.ainvoke([SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)])
+        # BEGIN SOLUTION
+        reply = await invoke_llm(llm, [SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)], settings.llm_model)
+        # STARTER
+        # # TODO 4 (lesson §4 'GenAI 시맨틱 컨벤션으로 LLM 호출 계측'): llm.ainvoke 대신 invoke_llm(llm, 메시지,
+        # #   settings.llm_model) 로 불러 호출마다 시간, 실패 종류, 토큰, 비용이 기록되게 하세요.
+        # reply = await llm.ainvoke([SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)])
+        # END SOLUTION
     except ModelRateLimitError as exc:  # 429 -> GoogleRateLimitError
         raise ApiError(
             503,
@@ -271,6 +455,18 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
             504, "upstream_timeout", f"LLM 이 {settings.llm_timeout_seconds:g}초 안에 응답하지 않았습니다."
         ) from None
     usage = reply.usage_metadata or {}
+    # BEGIN SOLUTION
+    response_id = app.state.responses.issue()
+    telemetry.record_answer(settings.llm_model, refused=quality.is_refusal(reply.text))
+    if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
+        schedule_judge(req.message, reply.text)
+    # STARTER
+    # # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): response_id = app.state.responses.issue()
+    # # TODO 8 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 답마다 telemetry.record_answer(모델,
+    # #   refused=quality.is_refusal(답)) 로 답 수와 거절을 세세요 (거절률 = refused="true" 의 비율).
+    # # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): JUDGE_SAMPLE_RATE 의 비율로 뽑은 답을
+    # #   schedule_judge() 로 판정하세요 (응답을 기다리게 하지 않음).
+    # END SOLUTION
     return ChatResponse(
         response=reply.text,
         model=settings.llm_model,
@@ -280,4 +476,39 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
             output_tokens=usage.get("output_tokens", 0),
             total_tokens=usage.get("total_tokens", 0),
         ),
+        # BEGIN SOLUTION
+        response_id=response_id,
+        # STARTER
+        # # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): response_id=response_id
+        # END SOLUTION
     )
+# BEGIN SOLUTION
+
+
+@app.post(
+    "/feedback",
+    response_model=FeedbackResponse,
+    summary="답 하나에 피드백 (좋아요/싫어요, 선택 점수)",
+    dependencies=[Depends(require_api_key)],
+    responses={
+        401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
+        404: {"model": ErrorResponse, "description": "이 서비스가 낸 response_id 가 아님 (unknown_response_id)"},
+        409: {"model": ErrorResponse, "description": "이 답에는 이미 피드백이 있음 (feedback_exists)"},
+    },
+)
+async def feedback(req: FeedbackRequest) -> FeedbackResponse:
+    # 검증(422)은 FastAPI 가 FeedbackRequest 로 먼저 합니다: 잘못된 피드백은 어떤 카운터도 바꾸지 않습니다.
+    outcome = app.state.responses.claim(req.response_id)
+    if outcome == quality.IssuedResponses.UNKNOWN:
+        raise ApiError(404, "unknown_response_id",
+                       "이 서비스가 낸 response_id 가 아닙니다 (최근 10 000 개의 답만 기억합니다).")
+    if outcome == quality.IssuedResponses.EXISTS:
+        raise ApiError(409, "feedback_exists", "이 답에는 이미 피드백이 있습니다.")
+    telemetry.record_feedback(req.rating, req.score)  # comment 는 메트릭에 넣지 않습니다
+    return FeedbackResponse(response_id=req.response_id, rating=req.rating, recorded=True)
+# STARTER
+# # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): POST /feedback (X-API-Key 필요) 을 만드세요.
+# #   잘못된 본문 422 (FeedbackRequest), 이 서비스가 내지 않은 id 404 unknown_response_id, 같은 id 에 두 번째
+# #   피드백 409 feedback_exists (app.state.responses.claim()), 받아들이면 telemetry.record_feedback(rating, score)
+# #   후 200 {"response_id", "rating", "recorded": true}.
+# END SOLUTION
