@@ -26,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pathlib import Path
 
 from langchain_core.messages import HumanMessage, SystemMessage
+# TODO 1 (lesson §1 '골든 시그널'): 메트릭 모듈을 불러오세요: import telemetry (뒤의 TODO 에서 quality,
+#   asyncio, random, time, typing.Literal, fastapi.responses.Response 도 씁니다).
 
 MAX_BODY_BYTES = 64 * 1024  # 요청 본문 상한: 64 KiB
 
@@ -44,6 +46,9 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=4000, ge=1)
     # 시스템 프롬프트의 버전 = prompts/<버전>.txt. 경로를 넘나드는 값(../)은 받지 않습니다.
     prompt_version: str = Field(default="v2", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 설정 JUDGE_MODEL (기본 "gemini-3.5-flash-judge")과
+    #   JUDGE_SAMPLE_RATE (0~1, 기본 0.1, 0 이면 판정하지 않음)를 추가하세요.
+    # TODO 10 (lesson §7 '드리프트 (PSI)'): 설정 DRIFT_WINDOW (정수, 10 이상, 기본 200)를 추가하세요.
 
     @field_validator("google_api_key", "service_api_key")
     @classmethod
@@ -88,6 +93,8 @@ class ChatRequest(BaseModel):
         max_length=settings.max_message_chars,
         description="사용자 질문 (공백만으로 된 문자열은 안 됨)",
     )
+    # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 선택 필드 user_id (영문, 숫자, _ . : @ - 로
+    #   1~64자, 기본 None)를 받으세요. 메트릭 라벨로는 쓰지 않습니다.
 
     @field_validator("message")
     @classmethod
@@ -110,6 +117,7 @@ class ChatResponse(BaseModel):
     model: str = Field(description="답변한 모델 이름")
     prompt_version: str = Field(description="답변에 쓴 시스템 프롬프트 버전 (PROMPT_VERSION)")
     usage: Usage
+    # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): response_id 필드를 추가하세요.
 
 
 class ErrorDetail(BaseModel):
@@ -127,6 +135,9 @@ class HealthResponse(BaseModel):
     status: str = Field(description="항상 ok")
     model: str = Field(description="설정된 모델 이름")
     prompt_version: str = Field(description="설정된 시스템 프롬프트 버전 (PROMPT_VERSION)")
+# TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): POST /feedback 의 요청 본문 FeedbackRequest
+#   (모르는 필드는 422; response_id: 32자리 소문자 16진수, rating: "up" 또는 "down", score: 선택 1~5 정수,
+#   comment: 선택 1000자 이하)와 응답 FeedbackResponse (response_id, rating, recorded) 를 만드세요.
 
 
 class ApiError(Exception):
@@ -169,6 +180,15 @@ def retry_after_seconds(exc: Exception, default: int = 5) -> int:
     return default
 
 
+# TODO 4 (lesson §4 'GenAI 시맨틱 컨벤션으로 LLM 호출 계측'): LLM 호출 한 번을 재는 invoke_llm(llm, messages, model) 을
+#   만드세요: time.perf_counter() 로 잰 시간을 telemetry.record_operation(model, 초) 로, 실패하면
+#   error_type= 에 클라이언트가 받는 오류 코드(upstream_rate_limited, upstream_error, upstream_timeout,
+#   internal_error)를 넣어 기록하고 예외는 그대로 다시 던집니다. 성공하면 telemetry.record_usage(model,
+#   reply.usage_metadata) 로 토큰과 비용을 기록합니다 (TODO 5, 6).
+# TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 답 하나를 판정 모델(settings.judge_model)로
+#   채점하는 judge_answer() 와, 그것을 asyncio.create_task 로 백그라운드에서 돌리는 schedule_judge() 를 만드세요.
+#   판정 메시지는 quality.judge_messages(), 점수는 quality.parse_judge(), 기록은 telemetry.record_judge().
+#   판정이 실패해도 클라이언트는 오류를 받지 않습니다.
 
 
 @asynccontextmanager
@@ -182,7 +202,13 @@ async def lifespan(app: FastAPI):
         timeout=settings.llm_timeout_seconds,  # 시도 한 번의 상한 (초)
         max_retries=settings.llm_max_attempts,  # 총 시도 횟수. 빼면 langchain-google-genai 기본값 6
     )
+    # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): app.state.responses = quality.IssuedResponses()
+    # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 판정 모델 클라이언트 app.state.judge_llm
+    #   (model=settings.judge_model, 나머지는 위와 같게)과 진행 중인 판정 작업의 집합 app.state.judge_tasks
+    # TODO 10 (lesson §7 '드리프트 (PSI)'): app.state.drift = quality.InputDrift(settings.drift_window)
     yield
+    # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 종료할 때 남은 판정 작업을 기다리고
+    #   (asyncio.gather) 판정 클라이언트를 닫으세요.
     await app.state.llm.aclose()
 
 
@@ -194,6 +220,8 @@ app = FastAPI(
     # FastAPI 의 내장 본문 크기 제한: 선언된 Content-Length 가 크면 본문을 읽기 전에, 헤더가 없는
     # (chunked) 본문은 읽는 동안 센 바이트가 넘는 순간 413 을 냅니다. JSON 파싱 전에 거절됩니다.
     max_body_size=MAX_BODY_BYTES,
+    # TODO 1 (lesson §1 '골든 시그널'): telemetry=telemetry.FASTAPI_TELEMETRY 를 넘겨 FastAPI 가 요청마다
+    #   http.server.request.duration 을 telemetry.py 의 MeterProvider 로 기록하게 하세요.
 )
 
 
@@ -237,6 +265,8 @@ def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> 
 @app.get("/health", response_model=HealthResponse, summary="헬스 체크 (LLM 을 부르지 않음)")
 async def health() -> HealthResponse:
     return HealthResponse(status="ok", model=settings.llm_model, prompt_version=settings.prompt_version)
+# TODO 2 (lesson §2 'Prometheus 데이터 모델과 이름 규칙'): GET /metrics 를 만드세요. X-API-Key 없이
+#   telemetry.metrics_body() 의 본문과 Content-Type 을 그대로 돌려줍니다 (fastapi.responses.Response).
 
 
 @app.post(
@@ -254,8 +284,12 @@ async def health() -> HealthResponse:
     },
 )
 async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]) -> ChatResponse:
+    # TODO 10 (lesson §7 '드리프트 (PSI)'): 질문을 app.state.drift.observe() 에 넣고 그 PSI 를
+    #   telemetry.set_drift() 로 기록하세요.
     try:
         # 시스템 지시(프롬프트 버전의 내용)와 사용자 질문을 역할을 나눠 보냅니다.
+        # TODO 4 (lesson §4 'GenAI 시맨틱 컨벤션으로 LLM 호출 계측'): llm.ainvoke 대신 invoke_llm(llm, 메시지,
+        #   settings.llm_model) 로 불러 호출마다 시간, 실패 종류, 토큰, 비용이 기록되게 하세요.
         reply = await llm.ainvoke([SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)])
     except ModelRateLimitError as exc:  # 429 -> GoogleRateLimitError
         raise ApiError(
@@ -271,6 +305,11 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
             504, "upstream_timeout", f"LLM 이 {settings.llm_timeout_seconds:g}초 안에 응답하지 않았습니다."
         ) from None
     usage = reply.usage_metadata or {}
+    # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): response_id = app.state.responses.issue()
+    # TODO 8 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 답마다 telemetry.record_answer(모델,
+    #   refused=quality.is_refusal(답)) 로 답 수와 거절을 세세요 (거절률 = refused="true" 의 비율).
+    # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): JUDGE_SAMPLE_RATE 의 비율로 뽑은 답을
+    #   schedule_judge() 로 판정하세요 (응답을 기다리게 하지 않음).
     return ChatResponse(
         response=reply.text,
         model=settings.llm_model,
@@ -280,4 +319,9 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
             output_tokens=usage.get("output_tokens", 0),
             total_tokens=usage.get("total_tokens", 0),
         ),
+        # TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): response_id=response_id
     )
+# TODO 7 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): POST /feedback (X-API-Key 필요) 을 만드세요.
+#   잘못된 본문 422 (FeedbackRequest), 이 서비스가 내지 않은 id 404 unknown_response_id, 같은 id 에 두 번째
+#   피드백 409 feedback_exists (app.state.responses.claim()), 받아들이면 telemetry.record_feedback(rating, score)
+#   후 200 {"response_id", "rating", "recorded": true}.

@@ -18,6 +18,7 @@ os.environ.update({
     "SERVICE_API_KEY": "test-service-key",
     "LLM_MODEL": "gemini-3.5-flash",
     "PROMPT_VERSION": "v2",
+    # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 단위 테스트에서는 판정을 끄세요: "JUDGE_SAMPLE_RATE": "0"
 })
 
 
