@@ -306,7 +306,7 @@ async def lifespan(app: FastAPI):
     )
     # BEGIN SOLUTION
     # 판정 모델 클라이언트: 같은 키와 주소, 결정적인(temperature 0) JSON 답.
-    app.state.judge_llm = ChatGoogleGenerativeAI(
+    app.state.judge_llm = judge_llm = ChatGoogleGenerativeAI(
         model=settings.judge_model,
         api_key=settings.google_api_key,
         base_url=settings.google_gemini_base_url,
@@ -329,7 +329,7 @@ async def lifespan(app: FastAPI):
     # 종료: 남은 판정 작업을 기다린 뒤(각 작업은 타임아웃과 시도 횟수로 끝이 있음) 클라이언트를 닫습니다.
     if app.state.judge_tasks:
         await asyncio.gather(*app.state.judge_tasks, return_exceptions=True)
-    await app.state.judge_llm.aclose()
+    await judge_llm.aclose()
     # STARTER
     # # TODO 9 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 종료할 때 남은 판정 작업을 기다리고
     # #   (asyncio.gather) 판정 클라이언트를 닫으세요.
