@@ -40,6 +40,7 @@ __all__ = [
     "Panel",
     "PanelResult",
     "check_syntax",
+    "datasource_uids",
     "evaluate",
     "load",
     "panels",
@@ -186,6 +187,23 @@ def render(expr: str, rate_interval: str = "1m", interval: str = "15s", range: s
         return values[name]
 
     return _VAR.sub(sub, expr)
+
+
+def datasource_uids(provisioning: str | os.PathLike, type_: str = "prometheus") -> list[str]:
+    """The uids of the `type_` datasources a Grafana provisioning file defines
+    (grafana/provisioning/datasources/*.yml); [] when it defines none. Raises GrafanaError
+    (Korean) when the file is missing or is not YAML. `problems(dash, datasource_uid=...)` then
+    tells whether the dashboard's panels point at a datasource that exists."""
+    path = Path(provisioning)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise GrafanaError(f"데이터소스 provisioning 파일 {path} 가 없습니다.") from None
+    except yaml.YAMLError as exc:
+        raise GrafanaError(f"{path.name} 가 올바른 YAML 이 아닙니다: {exc}") from None
+    sources = data.get("datasources") if isinstance(data, Mapping) else None
+    return [str(d.get("uid")) for d in sources or []
+            if isinstance(d, Mapping) and d.get("type") == type_ and d.get("uid") is not None]
 
 
 # --------------------------------------------------------------------------- checks

@@ -248,9 +248,23 @@ def test_solution_monitoring_files_pass_the_real_tools():
         assert "_sum" not in r["expr"] or r["alert"] == "LLMQualityDrop", r["alert"]  # means only for quality
 
 
+def test_datasource_uids_from_provisioning(tmp_path):
+    assert grafana.datasource_uids(MONITORING / "grafana/provisioning/datasources/prometheus.yml") == ["prometheus"]
+    starter = tmp_path / "ds.yml"
+    starter.write_text("apiVersion: 1\n\ndatasources:\n  # TODO 19\n", encoding="utf-8")
+    assert grafana.datasource_uids(starter) == []
+    starter.write_text("datasources:\n  - {name: P, type: prometheus, uid: other}\n  - {type: loki, uid: l}\n")
+    assert grafana.datasource_uids(starter) == ["other"]
+    problems = grafana.problems(DASHBOARD, datasource_uid="other")
+    assert len(problems) == len(grafana.panels(DASHBOARD)) and "'other'" in problems[0], problems
+    starter.write_text("datasources: [\n", encoding="utf-8")
+    with pytest.raises(grafana.GrafanaError, match="올바른 YAML 이 아닙니다"):
+        grafana.datasource_uids(starter)
+    with pytest.raises(grafana.GrafanaError, match="없습니다"):
+        grafana.datasource_uids(tmp_path / "none.yml")
+
+
 def test_grafana_provisioning_points_at_the_dashboard():
-    ds = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text(encoding="utf-8"))
-    assert [d["uid"] for d in ds["datasources"]] == [grafana.DATASOURCE_UID]
     providers = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/dashboards.yml").read_text(encoding="utf-8"))
     path = Path(providers["providers"][0]["options"]["path"])
     compose = yaml.safe_load((MONITORING / "compose.yaml").read_text(encoding="utf-8"))
