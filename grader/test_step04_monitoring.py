@@ -475,6 +475,11 @@ def test_drift(service, graded_dir, simulator):
 @check("step04.cardinality")
 def test_cardinality(service, simulator):
     users = [f"user-{i:03d}" for i in range(50)]
+    r = chat(service, QUESTION, user_id=users[0])
+    if r.status_code == 422 and "user_id" in r.text:
+        fail(expected='POST /chat 이 선택 필드 "user_id" (^[A-Za-z0-9_.:@-]{1,64}$) 를 받음', measured=short(r),
+             hint="lesson.ipynb §2 '/metrics와 이름 규칙' — ChatRequest 에 user_id: str | None 을 추가하세요 "
+                  "(라벨이 아니라 요청 필드입니다).")
     # 모든 라벨 조합을 먼저 만듭니다 (답, 거절, 판정): 그 뒤로는 새 시계열이 생기면 안 됩니다.
     for m in (QUESTION, OFF_TOPIC):
         chat_ok(service, m, user_id=users[0])
@@ -712,6 +717,53 @@ def test_compose(step_dir):
         folder = monitoring_dir(step_dir) / rel
         if not folder.is_dir() or not any(folder.iterdir()):
             fail(expected=f"monitoring/{rel}/ 에 프로비저닝 파일", measured="폴더가 없거나 비어 있음")
+    check_provisioning(monitoring_dir(step_dir), services)
+
+
+def check_provisioning(mon: Path, services: dict) -> None:
+    """Grafana's provisioning is wired: a Prometheus datasource whose uid the dashboard's panels use,
+    and a file provider reading the folder compose mounts grafana/dashboards into."""
+    from coursekit import grafana
+
+    uids = []
+    for f in sorted((mon / "grafana/provisioning/datasources").glob("*.y*ml")):
+        try:
+            uids += grafana.datasource_uids(f)
+        except grafana.GrafanaError as exc:
+            fail(expected="Grafana 데이터소스 provisioning YAML", measured=str(exc))
+    if not uids:
+        fail(expected="grafana/provisioning/datasources/ 에 type: prometheus, uid 가 있는 데이터소스",
+             measured="Prometheus 데이터소스가 정의되지 않음 (datasources: 목록이 비어 있음)")
+    dash = mon / "grafana/dashboards/llm-chat.json"
+    if dash.is_file():
+        wrong = [w for uid in uids[:1] for w in grafana.problems(dash, datasource_uid=uid) if "데이터소스" in w]
+        if wrong and not any(not [w for w in grafana.problems(dash, datasource_uid=u) if "데이터소스" in w] for u in uids):
+            fail(expected=f"대시보드 패널이 provisioning 의 데이터소스 uid ({', '.join(uids)}) 를 가리킴",
+                 measured="; ".join(wrong[:3]))
+    targets = {}
+    for svc in services.values():
+        for vol in (svc or {}).get("volumes") or []:
+            if isinstance(vol, dict):
+                src, dst = str(vol.get("source", "")), str(vol.get("target", ""))
+            else:
+                parts = str(vol).split(":")
+                src, dst = parts[0], parts[1] if len(parts) > 1 else ""
+            targets[src.rstrip("/").removeprefix("./")] = dst.rstrip("/")
+    mounted_at = targets.get("grafana/dashboards")
+    paths = []
+    for f in sorted((mon / "grafana/provisioning/dashboards").glob("*.y*ml")):
+        doc, err = ms.load_yaml(f)
+        if err:
+            fail(expected="Grafana 대시보드 provisioning YAML", measured=err)
+        for prov in doc.get("providers") or []:
+            if isinstance(prov, dict) and prov.get("type", "file") == "file":
+                paths.append(str((prov.get("options") or {}).get("path", "")).rstrip("/"))
+    if not paths:
+        fail(expected="grafana/provisioning/dashboards/ 에 type: file 대시보드 공급자(providers)",
+             measured="공급자가 정의되지 않음 (providers: 목록이 비어 있음)")
+    if mounted_at and mounted_at not in paths:
+        fail(expected=f"대시보드 공급자의 options.path 가 compose 가 grafana/dashboards 를 마운트한 {mounted_at}",
+             measured=f"options.path: {', '.join(paths)}")
 
 
 # --------------------------------------------------------------------------- live stack
