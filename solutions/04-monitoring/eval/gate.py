@@ -115,6 +115,15 @@ def import_service():
     """서비스 모듈(main.py)을 불러옵니다. 설정이 틀리면 서비스가 시작하지 못하는 것과 같은 이유로 실패합니다."""
     # 평가는 서비스를 이 프로세스 안에서 부르므로 서비스 API 키는 아무 값이나 됩니다.
     os.environ.setdefault("SERVICE_API_KEY", secrets.token_urlsafe(16))
+    # BEGIN SOLUTION
+    # 게이트는 답을 직접 채점하므로 운영용 표본 판정(LLM-as-a-judge, 04단계)은 끕니다: 판정 모델 호출이
+    # 평가 비용과 보고서의 모델 목록에 섞이지 않게 합니다 (명시적으로 켠 값은 존중).
+    os.environ.setdefault("JUDGE_SAMPLE_RATE", "0")
+    # STARTER
+    # # TODO 12 (lesson §6 '품질: 피드백, 거절률, LLM-as-a-judge'): 평가 게이트는 답을 직접 채점하므로
+    # #   운영용 표본 판정을 끄세요: os.environ.setdefault("JUDGE_SAMPLE_RATE", "0")
+    # #   (켜 두면 판정 모델 호출이 평가 비용과 보고서의 모델 목록에 섞입니다)
+    # END SOLUTION
     if str(HERE.parent) not in sys.path:
         sys.path.insert(0, str(HERE.parent))
     try:
