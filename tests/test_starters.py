@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from coursekit import starters
+from coursekit import manifest, starters
 
 SOLUTION = textwrap.dedent(
     """\
@@ -174,7 +174,10 @@ def test_step03_carries_steps_02_and_01():
 # The later step's service still does everything the earlier step's grader checks (load checks left
 # out for time: the same async code path is graded under load in the earlier step itself).
 STILL_HOLDS = [("step03", "step02", ["step02.contract", "step02.health", "step02.validation", "step02.auth",
-                                      "step02.settings", "step02.upstream_errors", "step02.retry_bound"])]
+                                      "step02.settings", "step02.upstream_errors", "step02.retry_bound"]),
+               ("step04", "step02", ["step02.contract", "step02.health", "step02.validation", "step02.auth",
+                                     "step02.settings", "step02.upstream_errors", "step02.retry_bound"]),
+               ("step04", "step03", [c.id for c in manifest.load().step("step03").checks])]
 
 
 @pytest.mark.parametrize("later, earlier, checks", STILL_HOLDS, ids=[f"{a}-keeps-{b}" for a, b, _ in STILL_HOLDS])
