@@ -17,7 +17,6 @@ exits and by `lesson.cleanup()`. Messages meant for people are Korean.
 from __future__ import annotations
 
 import bisect
-import csv
 import json
 import math
 import os
@@ -43,6 +42,7 @@ __all__ = [
     "DEMO_SOURCE",
     "LoadResult",
     "Scrape",
+    "background_traffic",
     "bucket_counts",
     "enable_alerting",
     "histogram_quantile",
@@ -219,7 +219,10 @@ def start_prometheus(targets: Mapping[str, Any], interval: str = "1s", wait: boo
     if missing:
         raise lesson.LessonError(kp.missing_note(missing, "이 절은 진짜 Prometheus 가 필요합니다"))
     jobs = {job: [_target(t) for t in (ts if isinstance(ts, (list, tuple)) else [ts])] for job, ts in targets.items()}
-    prom = kp.Prometheus(kp.prometheus_config(jobs, interval=interval)).start()
+    # resend firing alerts every second (default 1m): an alert that fired before Prometheus had applied
+    # a new Alertmanager target (a 5 s discovery tick) would otherwise reach it only a minute later
+    prom = kp.Prometheus(kp.prometheus_config(jobs, interval=interval),
+                         extra_args=["--rules.alert.resend-delay=1s"]).start()
     if wait:
         prom.wait_for_targets(timeout=30)
     return prom
@@ -238,13 +241,16 @@ def enable_alerting(prom: kp.Prometheus, rules: str | Mapping[str, Any], alertma
     prom.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     prom.reload()
     wanted = {r.get("alert") for g in yaml.safe_load(text)["groups"] for r in g["rules"]} - {None}
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         loaded = {r.get("name") for g in prom.rules() for r in g["rules"]}
-        if wanted <= loaded:
+        # the notifier applies a new Alertmanager target on a 5 s tick: wait until it knows it
+        known = [a["url"] for a in prom._get_json("/api/v1/alertmanagers")["activeAlertmanagers"]]
+        if wanted <= loaded and any(alertmanager in url for url in known):
             return
         time.sleep(0.1)
-    raise lesson.LessonError(f"Prometheus 가 규칙을 읽지 않았습니다 (기대: {sorted(wanted)}).\n{prom.tail()}")
+    raise lesson.LessonError(f"Prometheus 가 규칙이나 Alertmanager({alertmanager})를 읽지 않았습니다 "
+                             f"(기대한 규칙: {sorted(wanted)}).\n{prom.tail()}")
 
 
 def start_alerting(**route: str) -> tuple[kp.WebhookReceiver, kp.Alertmanager]:
@@ -321,6 +327,21 @@ class LoadResult:
                 f"p99 {ask.get('p99', math.nan):.2f}s")
 
 
+def _locust_percentile(times: Mapping[int, int], total: int, q: float) -> float:
+    """Locust's own percentile of its rounded response-time table (ms), in seconds."""
+    wanted, seen = int(total * q), 0
+    for ms in sorted(times, reverse=True):
+        seen += times[ms]
+        if total - seen <= wanted:
+            return ms / 1000
+    return 0.0
+
+
+def _entry(requests: int, failures: int, times: Mapping[int, int], seconds: float) -> dict[str, float]:
+    return {"requests": requests, "failures": failures, "rps": requests / seconds,
+            **{f"p{round(q * 100)}": _locust_percentile(times, requests, q) for q in (0.5, 0.95, 0.99)}}
+
+
 def _questions() -> list[str]:
     from .simulator import knowledge
 
@@ -337,7 +358,7 @@ def load(url: str, users: int = 8, seconds: float = 15, faults: Sequence[tuple[f
     long_q = "다음 오류 로그를 보고 원인을 알려 주세요: " + " ".join(f"ERROR worker-{i} timeout after 30s" for i in range(6))
     (folder / "locustfile.py").write_text(LOCUSTFILE.format(questions=_questions(), long=long_q), encoding="utf-8")
     cmd = [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", str(users), "-r", str(users),
-           "-t", f"{int(seconds)}s", "--host", url, "--csv", "run", "--only-summary", "--loglevel", "WARNING",
+           "-t", f"{int(seconds)}s", "--host", url, "--json-file", "run", "--only-summary", "--loglevel", "WARNING",
            "--stop-timeout", "0"]
     full_env = {**os.environ, "WIDGET_API_KEY": WIDGET_KEY, **(env or {})}
     saved = sim.config()
@@ -372,24 +393,57 @@ def load(url: str, users: int = 8, seconds: float = 15, faults: Sequence[tuple[f
         worker.join(timeout=10)
         sim.restore(saved)
     ended = time.time()
-    stats = folder / "run_stats.csv"
+    # the final stats as JSON (the periodic CSV can miss the last requests of the run)
+    stats = folder / "run.json"
     if not stats.exists():
         raise lesson.LessonError(f"Locust 가 통계를 남기지 않았습니다 (종료 코드 {proc.returncode}).\n{output[-2000:]}")
-    rows = list(csv.DictReader(stats.open(newline="", encoding="utf-8")))
-
-    def num(v: str) -> float:
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            return math.nan
-
-    by_name = {r["Name"]: {"requests": num(r["Request Count"]), "failures": num(r["Failure Count"]),
-                           "rps": num(r["Requests/s"]), "p50": num(r["50%"]) / 1000, "p95": num(r["95%"]) / 1000,
-                           "p99": num(r["99%"]) / 1000} for r in rows}
+    by_name: dict[str, dict[str, float]] = {}
+    everything: dict[str, int] = {}
+    for row in json.loads(stats.read_text(encoding="utf-8")):
+        times = {int(k): v for k, v in row["response_times"].items()}
+        for k, v in times.items():
+            everything[k] = everything.get(k, 0) + v
+        by_name[row["name"]] = _entry(row["num_requests"], row["num_failures"], times, seconds)
+    by_name["Aggregated"] = _entry(sum(r["requests"] for r in by_name.values()),
+                                   sum(r["failures"] for r in by_name.values()), everything, seconds)
     agg = by_name.get("Aggregated", {})
     return LoadResult(users, seconds, int(agg.get("requests", 0)), int(agg.get("failures", 0)), agg.get("rps", math.nan),
                       agg.get("p50", math.nan), agg.get("p95", math.nan), agg.get("p99", math.nan),
                       started, ended, by_name, applied, output[-3000:])
+
+
+class background_traffic:
+    """`with lm.background_traffic(url, rps=10): ...` sends POST /ask from a thread at about `rps`
+    requests per second until the block ends (for alerts that need traffic while faults are on).
+    `.sent` and `.statuses` ({status code: count}) tell what happened."""
+
+    def __init__(self, url: str, rps: float = 10.0, question: str = "요금제가 어떻게 돼요?"):
+        self.url, self.rps, self.question = url.rstrip("/"), rps, question
+        self.statuses: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="background-traffic", daemon=True)
+
+    @property
+    def sent(self) -> int:
+        return sum(self.statuses.values())
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, headers={"X-API-Key": WIDGET_KEY}, timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    code = client.post("/ask", json={"q": self.question}).status_code
+                except httpx.HTTPError:
+                    code = 0
+                self.statuses[code] = self.statuses.get(code, 0) + 1
+                self._stop.wait(1.0 / self.rps)
+
+    def __enter__(self) -> "background_traffic":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=35)
 
 
 # --------------------------------------------------------------------------- cleanup
