@@ -95,7 +95,7 @@ def chat_job(config: dict) -> dict | None:
     return None
 
 
-def graded_prometheus_config(config: dict | None, target: str, alertmanager: str,
+def graded_prometheus_config(config: dict | None, target: str, alertmanager: str | None,
                              rule_files: list[str]) -> dict:
     """The learner's prometheus.yml for a graded run: only job llm-chat, its targets -> the service,
     scrape and evaluation every 1 s, rule files -> the graded copies, Alertmanager -> the grader's.
