@@ -585,7 +585,9 @@ flowchart LR
     A -->|"generateContent"| S[("Gemini 시뮬레이터")]
     PR["Prometheus"] -->|"scrape /metrics"| A
     PR --> AL["알림 규칙<br/>promtool test rules"]
-    PR --> GF["Grafana 대시보드"]
+    AL -->|"firing"| AM["Alertmanager"]
+    AM -->|"webhook"| W["웹훅 수신기"]
+    PR --> GF["Grafana 대시보드<br/>(패널 쿼리)"]
     G["채점기"] -->|"쿼리 평가"| PR
 """,
     "step05": """\
