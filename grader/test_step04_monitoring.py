@@ -74,6 +74,22 @@ def service_env(simulator) -> dict[str, str]:
     }
 
 
+BUDGET_SECONDS = 90
+
+
+@pytest.fixture(scope="module", autouse=True)
+def grading_time(request):
+    """Print how long grading step 04 took (DESIGN §8: under 90 s)."""
+    started = time.monotonic()
+    yield
+    took = time.monotonic() - started
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if capman is not None and reporter is not None:
+        with capman.global_and_fixture_disabled():
+            reporter.write_line(f"\nstep04 채점 시간: {took:.1f}초 (예산 {BUDGET_SECONDS}초)")
+
+
 @pytest.fixture(scope="module")
 def graded_dir(step_dir, tmp_path_factory):
     return copy_step(step_dir, tmp_path_factory.mktemp("step04"))
@@ -306,7 +322,7 @@ def issue_ids(svc, n: int) -> list[str]:
         rid = body.get("response_id")
         if not isinstance(rid, str) or len(rid) != 32:
             fail(expected='/chat 응답에 "response_id": 32자리 16진수 문자열 (uuid4().hex)', measured=f"response_id={rid!r}",
-                 hint="lesson.ipynb §6 '품질(피드백, 거절률, judge)' — /chat 응답에 이 서비스가 발급한 response_id 를 넣으세요.")
+                 hint="lesson.ipynb §6 '품질: 피드백, 거절률, LLM-as-a-judge' — /chat 응답에 이 서비스가 발급한 response_id 를 넣으세요.")
         ids.append(rid)
     return ids
 
@@ -483,7 +499,7 @@ def test_cardinality(service, simulator):
     r = chat(service, QUESTION, user_id=users[0])
     if r.status_code == 422 and "user_id" in r.text:
         fail(expected='POST /chat 이 선택 필드 "user_id" (^[A-Za-z0-9_.:@-]{1,64}$) 를 받음', measured=short(r),
-             hint="lesson.ipynb §2 '/metrics와 이름 규칙' — ChatRequest 에 user_id: str | None 을 추가하세요 "
+             hint="lesson.ipynb §2 'Prometheus 데이터 모델과 이름 규칙' — ChatRequest 에 user_id: str | None 을 추가하세요 "
                   "(라벨이 아니라 요청 필드입니다).")
     # 모든 라벨 조합을 먼저 만듭니다 (답, 거절, 판정): 그 뒤로는 새 시계열이 생기면 안 됩니다.
     for m in (QUESTION, OFF_TOPIC):
@@ -1007,7 +1023,7 @@ REQUIRED_PANELS = {
     "latency_p95": ("지연 p95", ["histogram_quantile", "0.95", "_bucket"]),
     "latency_p99": ("지연 p99", ["histogram_quantile", "0.99", "_bucket"]),
     "rps": ("RPS", ["http_server_request_duration_seconds_count"]),
-    "errors": ("에러율", ["http_server_request_duration_seconds_count", "5.."]),
+    "errors": ("에러율", ["http_server_request_duration_seconds_count", "5xx"]),
     "tokens": ("토큰", ["gen_ai_client_token_usage"]),
     "cost": ("비용", ["llm_cost_usd_total"]),
     "feedback": ("피드백", ["llm_feedback_total"]),
@@ -1019,7 +1035,10 @@ REQUIRED_PANELS = {
 
 def _matches(expr: str, parts: list[str]) -> bool:
     for p in parts:
-        if p in ("0.5", "0.95", "0.99"):
+        if p == "5xx":  # a 5xx status filter: =~"5..", =~"5.*", =~"5[0-9][0-9]", >= 500 ...
+            if not re.search(r'status_code\s*=~\s*"5|status_code\s*>=?\s*"?5|=~\s*"5\.\.', expr):
+                return False
+        elif p in ("0.5", "0.95", "0.99"):
             if not re.search(r"histogram_quantile\s*\(\s*" + re.escape(p) + r"0*\s*,", expr):
                 return False
         elif p not in expr:
