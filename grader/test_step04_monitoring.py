@@ -1121,7 +1121,8 @@ def test_alert_delivery(step_dir, stack, traffic, service, quiet_sim):
     if delivered is None:
         state = [(a["labels"].get("alertname"), a.get("state")) for a in stack.prom.alerts()]
         firing = any(n == "LLMHighErrorRate" and s == "firing" for n, s in state)
-        fail(expected=f"업스트림 503 을 주입하면 ({sent}개 요청, for: 를 {FOR_SHORT} 로 줄임) LLMHighErrorRate 가 "
+        fail(expected=f"업스트림 503 을 주입하면 ({sent}개 요청; 채점기가 for: 를 {FOR_SHORT}, Alertmanager 의 group_wait 와 "
+                      f"group_interval 을 1s 로 줄임) LLMHighErrorRate 가 "
                       f"{DELIVERY_SECONDS}초 안에 Alertmanager 를 거쳐 웹훅에 도착",
              measured=("Prometheus 에서는 firing 이지만 웹훅에 도착하지 않음 (Alertmanager 라우팅 확인)" if firing
                        else f"알림 상태: {state or '활성 알림 없음'} ({took:.0f}초)"),
