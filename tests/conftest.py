@@ -52,7 +52,6 @@ def executed_lessons(tmp_path_factory):
         env = solutionless.env(copy)
         for key in ("GOOGLE_GEMINI_BASE_URL", "GOOGLE_API_KEY"):
             env.pop(key, None)
-        env["MPLBACKEND"] = "Agg"
         started = time.monotonic()
         if not nb.exists():
             runs[step.id] = LessonRun(nb, -1, f"steps/{step.folder}/{step.notebook} 가 없습니다", 0.0)

@@ -46,3 +46,20 @@ def test_lesson_code_does_not_name_the_solutions_folder(step):
             if SOLUTION_PATH.search(code):
                 found.append(f"셀 {n}, {no}번째 줄: {line.strip()[:100]}")
     assert not found, f"{nb.relative_to(REPO_ROOT)} 의 코드가 해답 폴더를 읽습니다:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("step", READY, ids=[s.id for s in READY])
+def test_lesson_plots_reach_the_executed_notebook(step, executed_lessons):
+    """A lesson that draws with matplotlib leaves its pictures in the executed notebook (the docs site
+    shows those outputs). Under a non-interactive backend (MPLBACKEND=Agg) plt.show() draws nothing
+    and the site silently lost every plot of steps 02 and 03."""
+    copy, runs = executed_lessons
+    nb = copy / "steps" / step.folder / step.notebook
+    if runs[step.id].returncode != 0:
+        pytest.skip("레슨 실행이 실패했습니다 (test_lesson_notebook_runs_without_solutions 가 알려 줌)")
+    cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+    plotting = [c for c in cells if c["cell_type"] == "code" and "plt." in "".join(c["source"])]
+    if not plotting:
+        pytest.skip("그림을 그리지 않는 레슨입니다")
+    images = [c for c in plotting if any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+    assert images, f"plt 를 쓰는 셀 {len(plotting)}개 중 그림(image/png)을 남긴 셀이 없습니다"
