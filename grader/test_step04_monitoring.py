@@ -538,7 +538,7 @@ def require_prom_tools(*names: str) -> None:
 
 
 @check("step04.prometheus_config")
-def test_prometheus_config(step_dir, stack):
+def test_prometheus_config(step_dir, request):
     path = monitoring_dir(step_dir) / "prometheus.yml"
     doc, err = ms.load_yaml(path)
     if err:
@@ -560,6 +560,8 @@ def test_prometheus_config(step_dir, stack):
         fail(expected="alerting.alertmanagers 에 Alertmanager 주소 (static_configs.targets)",
              measured="alerting 설정 없음" if not ams else str(ams)[:200])
     # 채점용 Prometheus (이 파일에서 대상 주소, 주기, Alertmanager 주소만 바꾼 것) 가 서비스를 실제로 수집함
+    # (파일 자체의 문제는 위에서 먼저: 서비스와 Prometheus 를 띄우기 전에 실패)
+    stack = request.getfixturevalue("stack")
     if stack.fallback:
         fail(expected="이 파일로 채점용 Prometheus 를 시작", measured=stack.fallback)
     targets = stack.prom.targets()
@@ -844,8 +846,15 @@ def stack(step_dir, service):
     if prom is None:
         prom = kp.Prometheus(kp.prometheus_config({ms.JOB: [f"127.0.0.1:{service.port}"]}, alertmanager=am.address)).start()
     try:
+        # A service without a working /metrics (the untouched starter) is not waited for until the
+        # timeout: one failed scrape (about 5 s after start) gives the checks its error to show.
         try:
-            prom.wait_for_targets(timeout=20, job=ms.JOB)
+            metrics_ok = httpx.get(f"{service.base_url}/metrics", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            metrics_ok = False
+        try:
+            prom.wait_for_targets(timeout=20 if metrics_ok else 12, job=ms.JOB,
+                                  health="up" if metrics_ok else "down")
         except kp.PrometheusError:
             pass  # the checks say what is wrong (the target is down: /metrics)
         yield Stack(prom, am, hook, fallback, am_fallback, bool(rule_files), alerting)
@@ -860,6 +869,7 @@ def traffic(stack, service, simulator):
     """Locust load (realistic simulator latency) while Prometheus scrapes every second, then a few
     faults and feedback votes so every dashboard panel has data. Returns (Locust result, start, end of
     the load with its last requests served, the moment Locust stopped)."""
+    require_scraped(stack)  # no load without a /metrics Prometheus can scrape: the checks are blocked
     probe = chat(service)
     if probe.status_code != 200:
         blocked("step02.contract", measured=f"부하 테스트 전 확인 요청 POST /chat -> {short(probe)}")
