@@ -63,7 +63,9 @@ def distinctive_solution_lines(root: Path = ROOT, min_length: int = 25) -> dict[
         if starter_dir.is_dir():
             for f in starter_dir.rglob("*"):
                 if f.is_file():
-                    shared |= {_norm(l) for l in _read(f).splitlines()}
+                    for l in _read(f).splitlines():
+                        # the starter's code line, also without its end-of-line comment
+                        shared |= {_norm(l), _norm(l.split("  #", 1)[0])}
         for f in sorted(sol_dir.rglob("*")):
             if not f.is_file() or "__pycache__" in f.parts:
                 continue

@@ -399,6 +399,17 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _heading_text(source: str) -> str:
+    """A heading's text as the notebook page renders it: Markdown emphasis and code marks go, a
+    literal underscore such as `_total` or snake_case stays (the anchor is made from this text)."""
+    import html
+
+    import markdown
+
+    rendered = markdown.markdown(source)
+    return html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip()
+
+
 def _notebook_sections(p: StepPages) -> dict[str, str]:
     """'§N' -> anchor of the lesson heading that starts with it (e.g. '§2 요청/응답 모델')."""
     slugify = _state.get("slugify")
@@ -414,8 +425,7 @@ def _notebook_sections(p: StepPages) -> dict[str, str]:
         for line in "".join(cell.get("source", [])).splitlines():
             m = re.match(r"^#{1,3}\s+(§\s*(\d+)\b.*)$", line.strip())
             if m:
-                text = re.sub(r"[`*_]", "", m.group(1)).strip()
-                sections.setdefault(f"§{m.group(2)}", slugify(text, "-"))
+                sections.setdefault(f"§{m.group(2)}", slugify(_heading_text(m.group(1)), "-"))
     return sections
 
 
