@@ -405,3 +405,31 @@ def test_non_ascii_valid_keys_rejected_in_korean(sim):
     r = http.patch(sim.base_url + "/_sim/config", json={"valid_keys": ["키"]})
     assert r.status_code == 400 and "ASCII" in r.json()["error"]
     assert validate({"valid_keys": "sim-any-key"}) == {"valid_keys": ["sim-any-key"]}
+
+
+# ---- step 05: trace context and request id as received ------------------------------------------
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_requests_rows_carry_traceparent_and_request_id(sim):
+    post(sim, "/v1/models/gemini-2.5-flash:generateContent",
+         headers={**KEY, "traceparent": TRACEPARENT, "X-Request-ID": "req-12345678"})
+    post(sim, "/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse", headers={**KEY, "X-Request-ID": "only-id-1"})
+    post(sim, "/v1/models/gemini-2.5-flash:generateContent")          # neither header
+    rows = sim.requests()
+    assert [(r["traceparent"], r["request_id"]) for r in rows] == [
+        (TRACEPARENT, "req-12345678"), (None, "only-id-1"), (None, None)]
+
+
+def test_stats_count_every_attempt_by_request_id(sim):
+    """Failed attempts are not rows of /_sim/requests, but by_request_id counts them (LLM spans per request)."""
+    sim.configure(error_503_rate=1.0)
+    for _ in range(3):
+        assert post(sim, "/v1/models/m:generateContent", headers={**KEY, "X-Request-ID": "retry-abcdef"}).status_code == 503
+    sim.configure(error_503_rate=0.0)
+    assert post(sim, "/v1/models/m:generateContent", headers={**KEY, "X-Request-ID": "retry-abcdef"}).status_code == 200
+    post(sim, "/v1/models/m:generateContent")
+    assert sim.stats()["by_request_id"] == {"retry-abcdef": 4}
+    assert [r["request_id"] for r in sim.requests()] == ["retry-abcdef", None]
+    sim.reset()
+    assert sim.stats()["by_request_id"] == {}

@@ -47,7 +47,7 @@ REQUEST_LOG_SIZE = 1000     # answered requests kept for GET /_sim/requests
 _QUESTION_CHARS = 300       # question text kept per logged request
 _LOG_FIELDS = ("seq", "time", "model", "action", "key", "question", "system_hash", "grounding", "brevity",
                "entry_id", "outcome", "input_tokens", "output_tokens", "thoughts_tokens", "finish_reason",
-               "judge_verdict", "judge_score")
+               "judge_verdict", "judge_score", "traceparent", "request_id")
 
 
 class _Reply(Exception):
@@ -80,7 +80,7 @@ class Simulator:
         self.log: deque[tuple] = deque(maxlen=REQUEST_LOG_SIZE)
         self.counters = {
             "requests_total": 0,
-            "by_model": {}, "by_key": {}, "by_status": {}, "by_action": {},
+            "by_model": {}, "by_key": {}, "by_status": {}, "by_action": {}, "by_request_id": {},
             "tokens": {"input": 0, "output": 0, "thoughts": 0},
             "tokens_by_model": {},
             "outcomes": dict.fromkeys(OUTCOMES, 0),
@@ -163,6 +163,12 @@ class Simulator:
             return
         self._inc("by_action", action if action in _ACTIONS else "unknown")
         self._inc("by_model", model)
+        request_id = _header(scope, b"x-request-id")
+        if request_id:  # every attempt (faults and retries too), by the caller's X-Request-ID
+            by_id = self.counters["by_request_id"]
+            by_id[request_id] = by_id.get(request_id, 0) + 1
+            if len(by_id) > REQUEST_LOG_SIZE:
+                del by_id[next(iter(by_id))]
         self.in_flight += 1
         try:
             await self._model_action(scope, receive, send, version, model, action, method)
@@ -353,7 +359,8 @@ class Simulator:
 
         record = (self.seq, time.time(), model, action, key, question[:_QUESTION_CHARS], r.system_hash,
                   r.grounding, r.brevity, ans.matched_id, outcome, prompt_tokens, out_tokens,
-                  ans.thoughts_tokens, finish) + judged
+                  ans.thoughts_tokens, finish) + judged + (
+                      _header(scope, b"traceparent") or None, _header(scope, b"x-request-id") or None)
 
         ttft, per_token = self._latency(model)
         if action == "generateContent":
