@@ -1,0 +1,93 @@
+"""Plumbing for the step 05 lesson (logging and tracing), so its cells teach and measure.
+
+    from coursekit import lesson, lesson_logging as ll
+
+    widget = ll.start_widget({"WIDGET_PROMPT_KEYS": key})   # the lesson's demo service, a real uvicorn
+    ll.show("app.py", "async def request_log")              # its source, shown in the notebook
+    ll.log_lines(widget)                                    # its LOG_DIR/app.jsonl, parsed
+    ll.stdout_lines(widget)                                 # what it printed (uvicorn's own lines too)
+
+The demo service lives in coursekit/data/faq_widget_obs/ (copied with faq-widget's price table into the
+lesson's work folder). Everything started here is stopped by PID when the kernel exits and by
+`lesson.cleanup()`. Messages meant for people are Korean.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import lesson
+
+__all__ = ["DEMO_SOURCE", "WIDGET_KEY", "log_dir", "log_lines", "show", "start_widget", "stdout_lines", "leaks"]
+
+DEMO_SOURCE = Path(__file__).resolve().parent / "data" / "faq_widget_obs"
+PRICE_SOURCE = Path(__file__).resolve().parent / "data" / "faq_widget"
+WIDGET_KEY = "lab-service-key"
+
+
+def start_widget(env: Mapping[str, str] | None = None, name: str = "faq-widget") -> lesson.Service:
+    """Copy the demo (coursekit/data/faq_widget_obs + faq-widget's pricing) into the work folder and run
+    it with uvicorn against the lesson's simulator; its logs go to <folder>/logs unless WIDGET_LOG_DIR."""
+    folder = lesson.workdir() / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(DEMO_SOURCE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for file in ("pricing.py", "prices.toml"):
+        shutil.copy2(PRICE_SOURCE / file, folder / file)
+    full = {"WIDGET_API_KEY": WIDGET_KEY, "WIDGET_LOG_DIR": str(folder / "logs"), **(env or {})}
+    return lesson.start_service(folder, module="app", env=full)
+
+
+def log_dir(svc: lesson.Service) -> Path:
+    return Path(svc.env.get("WIDGET_LOG_DIR") or svc.cwd / "logs")
+
+
+def log_lines(svc: lesson.Service, file: str = "app.jsonl") -> list[dict[str, Any]]:
+    """The service's JSON log file, one dict per line."""
+    path = log_dir(svc) / file
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def stdout_lines(svc: lesson.Service) -> list[str]:
+    """Every line the process wrote to stdout/stderr (JSON or not)."""
+    return [line for line in svc.log().splitlines() if line.strip()]
+
+
+def is_json(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def leaks(text: str, *secrets: str) -> dict[str, int]:
+    """How often each secret (key, prompt ...) occurs in `text` (only the ones found)."""
+    return {s if len(s) <= 24 else s[:21] + "...": text.count(s) for s in secrets if s and s in text}
+
+
+def show(file: str, start: str | None = None, end: str | None = None):
+    """The demo's `file` (or the lines from the first one containing `start` up to the line before the
+    next one containing `end`) as highlighted code in the notebook."""
+    lines = (DEMO_SOURCE / file).read_text(encoding="utf-8").splitlines()
+    if start is not None:
+        first = next(i for i, l in enumerate(lines) if start in l)
+        last = len(lines)
+        if end is not None:
+            last = next((i for i, l in enumerate(lines[first + 1:], first + 1) if end in l), len(lines))
+        lines = lines[first:last]
+    text = "\n".join(lines).rstrip() + "\n"
+    try:
+        from IPython.display import Code
+
+        return Code(text, language="python")
+    except ImportError:  # outside IPython
+        return text
+
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
