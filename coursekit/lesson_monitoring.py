@@ -17,6 +17,7 @@ exits and by `lesson.cleanup()`. Messages meant for people are Korean.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import httpx
 import yaml
 
-from . import lesson
+from . import lesson, locust_stats
 from . import prometheus as kp
 
 __all__ = [
@@ -327,21 +328,6 @@ class LoadResult:
                 f"p99 {ask.get('p99', math.nan):.2f}s")
 
 
-def _locust_percentile(times: Mapping[int, int], total: int, q: float) -> float:
-    """Locust's own percentile of its rounded response-time table (ms), in seconds."""
-    wanted, seen = int(total * q), 0
-    for ms in sorted(times, reverse=True):
-        seen += times[ms]
-        if total - seen <= wanted:
-            return ms / 1000
-    return 0.0
-
-
-def _entry(requests: int, failures: int, times: Mapping[int, int], seconds: float) -> dict[str, float]:
-    return {"requests": requests, "failures": failures, "rps": requests / seconds,
-            **{f"p{round(q * 100)}": _locust_percentile(times, requests, q) for q in (0.5, 0.95, 0.99)}}
-
-
 def _questions() -> list[str]:
     from .simulator import knowledge
 
@@ -397,18 +383,13 @@ def load(url: str, users: int = 8, seconds: float = 15, faults: Sequence[tuple[f
     stats = folder / "run.json"
     if not stats.exists():
         raise lesson.LessonError(f"Locust 가 통계를 남기지 않았습니다 (종료 코드 {proc.returncode}).\n{output[-2000:]}")
-    by_name: dict[str, dict[str, float]] = {}
-    everything: dict[str, int] = {}
-    for row in json.loads(stats.read_text(encoding="utf-8")):
-        times = {int(k): v for k, v in row["response_times"].items()}
-        for k, v in times.items():
-            everything[k] = everything.get(k, 0) + v
-        by_name[row["name"]] = _entry(row["num_requests"], row["num_failures"], times, seconds)
-    by_name["Aggregated"] = _entry(sum(r["requests"] for r in by_name.values()),
-                                   sum(r["failures"] for r in by_name.values()), everything, seconds)
-    agg = by_name.get("Aggregated", {})
-    return LoadResult(users, seconds, int(agg.get("requests", 0)), int(agg.get("failures", 0)), agg.get("rps", math.nan),
-                      agg.get("p50", math.nan), agg.get("p95", math.nan), agg.get("p99", math.nan),
+    rows = json.loads(stats.read_text(encoding="utf-8"))
+    entries = locust_stats.summarize(rows, seconds)
+    # by_name: {endpoint name: {"requests", "failures", "rps", "p50", "p95", "p99"}} as before
+    names = {f"{r.get('method') or ''} {r.get('name')}".strip(): r.get("name") for r in rows}
+    by_name = {names.get(key, key): dataclasses.asdict(e) for key, e in entries.items()}
+    agg = entries["Aggregated"]
+    return LoadResult(users, seconds, agg.requests, agg.failures, agg.rps, agg.p50, agg.p95, agg.p99,
                       started, ended, by_name, applied, output[-3000:])
 
 

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from coursekit import manifest
+from coursekit import locust_stats, manifest
 from coursekit.procs import free_port, skip_or_fail, stop_process, tools_required, wait_until
 from coursekit.procs import port_open as _port_open
 
@@ -302,7 +302,9 @@ def run_locust(
     env: dict[str, str] | None = None,
 ) -> LocustResult:
     """Run Locust headless as a subprocess (never as a library inside pytest: gevent's
-    monkey-patching breaks it) and read the aggregated row of its --csv output."""
+    monkey-patching breaks it). Counts and percentiles come from its final --json-file statistics
+    (coursekit.locust_stats: the --csv files lag the last second of the run); the failure list from
+    its failures CSV."""
     scenario = Path(scenario)
     if not scenario.is_absolute():
         scenario = SCENARIOS / scenario
@@ -311,7 +313,7 @@ def run_locust(
         cmd = [
             sys.executable, "-m", "locust", "-f", str(scenario), "--headless",
             "-u", str(users), "-r", str(spawn_rate), "-t", f"{int(run_time_s)}s",
-            "--host", host, "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING",
+            "--host", host, "--csv", str(prefix), "--json-file", str(prefix), "--only-summary", "--loglevel", "WARNING",
             "--stop-timeout", "0",
         ]
         full_env = {**os.environ, **(env or {})}
@@ -322,12 +324,14 @@ def run_locust(
             fail(expected=f"Locust 가 {run_time_s:.0f}초 동안 부하를 주고 끝남", measured="Locust 가 끝나지 않음",
                  detail=str(exc))
         output = (proc.stdout or "") + (proc.stderr or "")
-        stats = Path(f"{prefix}_stats.csv")
+        stats = Path(f"{prefix}.json")
         if not stats.exists():
-            fail(expected="Locust 통계 CSV", measured=f"생성되지 않음 (종료 코드 {proc.returncode})",
+            fail(expected="Locust 통계 (--json-file)", measured=f"생성되지 않음 (종료 코드 {proc.returncode})",
                  detail=output[-2000:])
-        with open(stats, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        try:
+            agg = locust_stats.read(stats, run_time_s)["Aggregated"]
+        except (ValueError, KeyError, TypeError) as exc:
+            fail(expected="Locust 통계 (--json-file)", measured=f"읽을 수 없음: {exc}", detail=output[-2000:])
         errors: list[tuple[str, int]] = []
         failures_csv = Path(f"{prefix}_failures.csv")
         if failures_csv.exists():
@@ -335,18 +339,15 @@ def run_locust(
                 for row in csv.DictReader(fh):
                     errors.append((row.get("Error", "?"), int(_num(row.get("Occurrences", "0")))))
             errors.sort(key=lambda e: -e[1])
-    agg = next((r for r in rows if r.get("Name") == "Aggregated"), None)
-    if agg is None:
-        fail(expected="Locust 통계의 Aggregated 행", measured="없음", detail=output[-2000:])
     return LocustResult(
         users=users,
         run_time_s=run_time_s,
-        requests=int(_num(agg["Request Count"])),
-        failures=int(_num(agg["Failure Count"])),
-        rps=_num(agg["Requests/s"]),
-        p50=_num(agg["50%"]) / 1000.0,
-        p95=_num(agg["95%"]) / 1000.0,
-        p99=_num(agg["99%"]) / 1000.0,
+        requests=agg.requests,
+        failures=agg.failures,
+        rps=agg.rps,
+        p50=agg.p50,
+        p95=agg.p95,
+        p99=agg.p99,
         output=output[-4000:],
         errors=tuple(errors),
     )

@@ -897,7 +897,7 @@ def traffic(stack, service, simulator):
             post(service, "/feedback", {"response_id": rid, "rating": "up" if i else "down", "score": 4})
     settle(simulator)
     scraped(stack, 2)
-    return final_locust_numbers(res), start, end, stopped
+    return res, start, end, stopped
 
 
 def scraped(stack, scrapes: int = 1) -> None:
@@ -907,20 +907,6 @@ def scraped(stack, scrapes: int = 1) -> None:
             stack.prom.wait_for_targets(timeout=10, job=ms.JOB, scrapes=scrapes)
         except kp.PrometheusError:
             pass
-
-
-def final_locust_numbers(res):
-    """Locust's CSV is rewritten once a second, so it can miss the last second of the run; the summary
-    it prints when it stops is final. Request count and p95 from that summary (CSV values otherwise)."""
-    import dataclasses
-
-    rows = [ln.split() for ln in res.output.splitlines() if ln.strip().startswith("Aggregated")]
-    try:
-        requests = int(rows[0][1])
-        p95 = float(rows[1][6]) / 1000.0 if len(rows) > 1 else res.p95
-    except (IndexError, ValueError):
-        return res
-    return dataclasses.replace(res, requests=requests, p95=p95)
 
 
 def _up(stack) -> bool:
