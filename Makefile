@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: help lab sim test grade docs docs-build starters bench clean
+.PHONY: help lab sim test grade docs docs-build starters bench clean tracing-backend
 
 help:
 	@echo "make lab         시뮬레이터 + JupyterLab 으로 코스 시작"
@@ -19,6 +19,7 @@ help:
 	@echo "make docs-build  문서 사이트를 site/ 로 빌드"
 	@echo "make starters    solutions/ 에서 steps/ 스타터 코드를 다시 생성 (유지보수자용)"
 	@echo "make bench       시뮬레이터 처리량 벤치마크"
+	@echo "make tracing-backend  step 05 의 MLflow 추적 서버를 .venv-mlflow/ 에 설치 (한 번, 약 30초·830 MB)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,13 +32,17 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(TEST_STAMP)
 
-lab: $(STAMP)
+# step 05's trace backend: MLflow in its own venv .venv-mlflow/ (its pins conflict with the course venv)
+tracing-backend: $(STAMP)
+	$(BIN)/python -m coursekit.tracing
+
+lab: $(STAMP) tracing-backend
 	$(BIN)/course lab
 
 sim: $(STAMP)
 	$(BIN)/course sim
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) tracing-backend
 	$(BIN)/python -m pytest tests --durations=15
 
 grade: $(STAMP)
