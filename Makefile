@@ -19,7 +19,7 @@ help:
 	@echo "make docs-build  문서 사이트를 site/ 로 빌드"
 	@echo "make starters    solutions/ 에서 steps/ 스타터 코드를 다시 생성 (유지보수자용)"
 	@echo "make bench       시뮬레이터 처리량 벤치마크"
-	@echo "make tracing-backend  step 05 의 MLflow 추적 서버를 .venv-mlflow/ 에 설치 (한 번, 약 30초·830 MB)"
+	@echo "make tracing-backend  step 05 의 MLflow 추적 서버를 .venv-mlflow/ 에 설치 (한 번, 약 1분·830 MB)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
