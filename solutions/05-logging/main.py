@@ -36,6 +36,18 @@ from fastapi.responses import Response
 
 import quality
 import telemetry
+# BEGIN SOLUTION
+
+import structlog
+from opentelemetry.trace import SpanKind, StatusCode
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+import observability
+import prompt_store
+# STARTER
+# # TODO 1 (lesson §2 '요청당 JSON 로그 한 줄'): import observability (로그, 요청 ID, 추적, Sentry 설정) 와
+# # import prompt_store (TODO 7), 그리고 재시도를 직접 돌릴 tenacity (TODO 11) 를 불러오세요.
+# END SOLUTION
 
 logger = logging.getLogger("llm-chat")
 
@@ -60,6 +72,19 @@ class Settings(BaseSettings):
     judge_model: str = "gemini-3.5-flash-judge"
     judge_sample_rate: float = Field(default=0.1, ge=0, le=1)
     drift_window: int = Field(default=200, ge=10)
+    # BEGIN SOLUTION
+    # 로그 (lesson §2): JSON 줄 로그를 쓸 폴더(app.jsonl, prompts.jsonl)와 최소 레벨.
+    log_dir: str = "logs"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # 오류 추적 (lesson §9): 비우면 Sentry 로 아무것도 보내지 않음.
+    sentry_dsn: SecretStr | None = None
+    # 프롬프트 암호화 (lesson §4): 쉼표로 구분한 Fernet 키들 (첫 키가 암호화). 비우면 질문과 답을 저장하지 않음.
+    prompt_encryption_keys: SecretStr | None = None
+    # STARTER
+    # # TODO 1 (lesson §2 '요청당 JSON 로그 한 줄'): 설정 LOG_DIR (기본 "logs") 와 LOG_LEVEL (기본 "INFO") 을 추가하세요.
+    # # TODO 7 (lesson §4 '남기면 안 되는 것과 프롬프트 암호화'): 선택 설정 PROMPT_ENCRYPTION_KEYS (SecretStr | None).
+    # # TODO 14 (lesson §9 'Sentry 오류 추적'): 선택 설정 SENTRY_DSN (SecretStr | None).
+    # END SOLUTION
 
     @field_validator("google_api_key", "service_api_key")
     @classmethod
@@ -89,6 +114,26 @@ def load_prompt(version: str) -> str:
 
 
 SYSTEM_PROMPT = load_prompt(settings.prompt_version)
+# BEGIN SOLUTION
+
+# 관측 설정 (앱을 만들기 전에): JSON 로그, LangSmith 숨기기, Sentry, 추적. 키는 Sentry 이벤트에서 가릴 값으로만 넘깁니다.
+observability.configure_logging(settings.log_dir, settings.log_level)
+observability.hide_langsmith_payloads()
+observability.init_sentry(
+    settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None,
+    secrets=[settings.google_api_key.get_secret_value(), settings.service_api_key.get_secret_value(),
+             *(settings.prompt_encryption_keys.get_secret_value().split(",") if settings.prompt_encryption_keys else [])],
+)
+TRACER_PROVIDER = observability.tracer_provider()
+tracer = TRACER_PROVIDER.get_tracer("llm-chat")
+PROMPT_FERNET = prompt_store.keyring(settings.prompt_encryption_keys)
+# STARTER
+# # TODO 1 (lesson §2 '요청당 JSON 로그 한 줄'): observability.configure_logging(settings.log_dir, settings.log_level)
+# # TODO 10 (lesson §6 'OpenTelemetry 추적'): TRACER_PROVIDER = observability.tracer_provider() 와 그 tracer.
+# # TODO 13 (lesson §8 'LangSmith'): observability.hide_langsmith_payloads()
+# # TODO 14 (lesson §9 'Sentry 오류 추적'): observability.init_sentry(SENTRY_DSN, secrets=[두 키 ...])
+# # TODO 7 (lesson §4 '남기면 안 되는 것과 프롬프트 암호화'): PROMPT_FERNET = prompt_store.keyring(...)
+# END SOLUTION
 
 
 class ChatRequest(BaseModel):
@@ -181,6 +226,11 @@ class ApiError(Exception):
 
 def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(code=code, message=message))
+    # BEGIN SOLUTION
+    observability.note(error_code=code)  # 이 요청의 로그 줄에
+    # STARTER
+    # # TODO 3 (lesson §2 '요청당 JSON 로그 한 줄'): 오류 코드를 로그 줄에: observability.note(error_code=code)
+    # END SOLUTION
     return JSONResponse(status_code=status_code, content=body.model_dump(), headers=headers)
 
 
@@ -219,17 +269,86 @@ def error_type(exc: BaseException) -> str:
     return "internal_error"
 
 
+# BEGIN SOLUTION
+def retryable(exc: BaseException) -> bool:
+    """다시 시도할 실패: 429, 5xx, 시간 초과, 연결 실패 (google-genai 의 기본 재시도와 같은 기준).
+    요청이 틀린 4xx 나 깨진 응답은 다시 보내도 같으므로 바로 실패합니다."""
+    return isinstance(exc, (ModelRateLimitError, ServerError, *UPSTREAM_TIMEOUTS, httpx2.ConnectError, httpx.ConnectError))
+
+
+async def attempt_llm(llm, messages: list, model: str):
+    """업스트림 시도 한 번 = LLM 스팬 하나 (GenAI 시맨틱 컨벤션: 이름 "chat <모델>", CLIENT 스팬).
+    이 스팬이 현재 스팬인 동안 나가는 HTTP 요청에 observability.add_upstream_headers 가 traceparent 를 넣습니다.
+    질문과 답(gen_ai.input.messages, gen_ai.output.messages)은 스팬에 넣지 않습니다."""
+    attributes = {"gen_ai.operation.name": telemetry.OPERATION, "gen_ai.provider.name": telemetry.PROVIDER,
+                  "gen_ai.request.model": model}
+    with tracer.start_as_current_span(f"{telemetry.OPERATION} {model}", kind=SpanKind.CLIENT, attributes=attributes,
+                                      record_exception=False, set_status_on_exception=False) as span:
+        try:
+            reply = await llm.ainvoke(messages)
+        except Exception as exc:
+            span.set_attribute("error.type", error_type(exc))
+            span.set_status(StatusCode.ERROR, type(exc).__name__)  # 예외 메시지는 넣지 않음
+            raise
+        usage = reply.usage_metadata or {}
+        span.set_attributes({"gen_ai.usage.input_tokens": int(usage.get("input_tokens", 0)),
+                             "gen_ai.usage.output_tokens": int(usage.get("output_tokens", 0))})
+        return reply
+
+
 async def invoke_llm(llm, messages: list, model: str):
-    """LLM 호출 한 번 (재시도는 클라이언트 안에서). 성공이든 실패든 시간을 기록하고, 성공하면 토큰과 비용도."""
+    """LLM 호출 한 번: 서비스가 시도를 직접 돌립니다 (클라이언트의 재시도는 max_retries=1 로 끔). 총 시도는
+    LLM_MAX_ATTEMPTS 번, 시도마다 스팬 하나. 메트릭은 04단계와 같이 호출(모든 시도) 한 번에 하나."""
     started = time.perf_counter()
+    attempts = 0
+    observability.note(model=model, prompt_version=settings.prompt_version)
     try:
-        reply = await llm.ainvoke(messages)
+        # google-genai 의 기본 재시도와 같은 대기: 1초에서 두 배씩, 최대 60초, 0~1초 흔들기(jitter).
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(settings.llm_max_attempts),
+                                           retry=retry_if_exception(retryable),
+                                           wait=wait_exponential_jitter(initial=1, max=60, exp_base=2, jitter=1),
+                                           reraise=True):
+            with attempt:
+                attempts += 1
+                reply = await attempt_llm(llm, messages, model)
     except Exception as exc:
-        telemetry.record_operation(model, time.perf_counter() - started, error_type=error_type(exc))
+        kind = error_type(exc)
+        observability.note(attempts=attempts)
+        telemetry.record_operation(model, time.perf_counter() - started, error_type=kind)
+        if kind != "internal_error" and observability.in_request():
+            # 재시도가 모두 끝난 업스트림 실패 = 502/503/504 응답 하나 = Sentry 이벤트 하나 (판정 호출은 제외)
+            observability.capture_upstream_failure(exc, structlog.contextvars.get_contextvars().get("request_id"))
         raise
     telemetry.record_operation(model, time.perf_counter() - started)
     telemetry.record_usage(model, reply.usage_metadata)
+    usage = reply.usage_metadata or {}
+    input_tokens, output_tokens = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+    observability.note(attempts=attempts, input_tokens=input_tokens, output_tokens=output_tokens,
+                       cost_usd=telemetry.call_cost(model, input_tokens, output_tokens))
     return reply
+# STARTER
+# # TODO 11 (lesson §6 'OpenTelemetry 추적'): 재시도를 서비스가 돌리세요: tenacity 의 AsyncRetrying
+# # (stop_after_attempt(settings.llm_max_attempts), 429/5xx/시간 초과만) 안에서 시도 한 번씩 llm.ainvoke 를 부르고,
+# # 클라이언트의 재시도는 끕니다 (lifespan 의 max_retries=1). 둘을 겹치면 시도 수가 곱해집니다.
+# # TODO 12 (lesson §6 'OpenTelemetry 추적'): 시도마다 tracer.start_as_current_span(f"chat {model}") 스팬 하나:
+# # gen_ai.operation.name, gen_ai.provider.name, gen_ai.request.model, 성공하면 gen_ai.usage.input_tokens/output_tokens,
+# # 실패하면 error.type.
+# # TODO 3 (lesson §2 '요청당 JSON 로그 한 줄'): observability.note(model=, prompt_version=, attempts=,
+# # input_tokens=, output_tokens=, cost_usd=) 로 로그 줄의 필드를 채우세요.
+# # TODO 15 (lesson §9 'Sentry 오류 추적'): 재시도가 모두 끝난 업스트림 실패(upstream_*)는 요청 안에서 한 번만
+# # observability.capture_upstream_failure(exc, request_id).
+# async def invoke_llm(llm, messages: list, model: str):
+#     """LLM 호출 한 번 (재시도는 클라이언트 안에서). 성공이든 실패든 시간을 기록하고, 성공하면 토큰과 비용도."""
+#     started = time.perf_counter()
+#     try:
+#         reply = await llm.ainvoke(messages)
+#     except Exception as exc:
+#         telemetry.record_operation(model, time.perf_counter() - started, error_type=error_type(exc))
+#         raise
+#     telemetry.record_operation(model, time.perf_counter() - started)
+#     telemetry.record_usage(model, reply.usage_metadata)
+#     return reply
+# END SOLUTION
 
 
 async def judge_answer(question: str, answer: str, answer_model: str) -> None:
@@ -250,7 +369,15 @@ async def judge_answer(question: str, answer: str, answer_model: str) -> None:
 def schedule_judge(question: str, answer: str) -> None:
     """판정을 백그라운드 작업으로: 응답을 기다리게 하지 않습니다. 작업은 끝날 때까지 집합에 두어(강한 참조)
     가비지 컬렉션에 사라지지 않게 하고, 종료할 때 lifespan 이 남은 작업을 기다립니다."""
-    task = asyncio.create_task(judge_answer(question, answer, settings.llm_model))
+    # BEGIN SOLUTION
+    # 판정은 요청 ID 와 추적을 이어받지만(같은 요청의 일), 요청의 로그 줄(모델, 토큰, 시도 횟수)은 바꾸지 않습니다.
+    task = asyncio.create_task(judge_answer(question, answer, settings.llm_model),
+                               context=observability.background_context())
+    # STARTER
+    # # TODO 3 (lesson §2 '요청당 JSON 로그 한 줄'): 판정 작업이 요청의 로그 줄을 바꾸지 않게
+    # # context=observability.background_context() 로 만드세요.
+    # task = asyncio.create_task(judge_answer(question, answer, settings.llm_model))
+    # END SOLUTION
     app.state.judge_tasks.add(task)
     task.add_done_callback(app.state.judge_tasks.discard)
 
@@ -264,7 +391,16 @@ async def lifespan(app: FastAPI):
         api_key=settings.google_api_key,
         base_url=settings.google_gemini_base_url,  # None 이면 Google (또는 환경 변수 GOOGLE_GEMINI_BASE_URL)
         timeout=settings.llm_timeout_seconds,  # 시도 한 번의 상한 (초)
-        max_retries=settings.llm_max_attempts,  # 총 시도 횟수. 빼면 langchain-google-genai 기본값 6
+        # BEGIN SOLUTION
+        # 시도 한 번만 (재시도는 invoke_llm 의 tenacity 가). 1 이 "재시도 없음" (0 은 SDK 기본값 5 가 됨).
+        max_retries=1,
+        # 나가는 HTTP 요청마다 traceparent 와 X-Request-ID (httpx2 의 요청 훅).
+        client_args={"event_hooks": {"request": [observability.add_upstream_headers]}},
+        # STARTER
+        # # TODO 11 (lesson §6 'OpenTelemetry 추적'): 재시도는 서비스가 돌리므로 max_retries=1 (시도 한 번).
+        # # TODO 5 (lesson §3 '요청 ID 와 contextvars'): client_args={"event_hooks": {"request": [observability.add_upstream_headers]}}
+        # max_retries=settings.llm_max_attempts,  # 총 시도 횟수. 빼면 langchain-google-genai 기본값 6
+        # END SOLUTION
     )
     # 판정 모델 클라이언트: 같은 키와 주소, 결정적인(temperature 0) JSON 답.
     app.state.judge_llm = judge_llm = ChatGoogleGenerativeAI(
@@ -272,7 +408,13 @@ async def lifespan(app: FastAPI):
         api_key=settings.google_api_key,
         base_url=settings.google_gemini_base_url,
         timeout=settings.llm_timeout_seconds,
-        max_retries=settings.llm_max_attempts,
+        # BEGIN SOLUTION
+        max_retries=1,
+        client_args={"event_hooks": {"request": [observability.add_upstream_headers]}},
+        # STARTER
+        # # TODO 11 (lesson §6 'OpenTelemetry 추적'): 판정 클라이언트도 max_retries=1 과 같은 요청 훅.
+        # max_retries=settings.llm_max_attempts,
+        # END SOLUTION
         temperature=0,
         response_mime_type="application/json",
     )
@@ -285,6 +427,14 @@ async def lifespan(app: FastAPI):
         await asyncio.gather(*app.state.judge_tasks, return_exceptions=True)
     await judge_llm.aclose()
     await app.state.llm.aclose()
+    # BEGIN SOLUTION
+    TRACER_PROVIDER.shutdown()  # 모아 둔 스팬을 내보내고 끝냄 (BatchSpanProcessor)
+    import sentry_sdk
+
+    sentry_sdk.flush(timeout=2)
+    # STARTER
+    # # TODO 10 (lesson §6 'OpenTelemetry 추적'): 종료할 때 TRACER_PROVIDER.shutdown() 으로 남은 스팬을 내보내세요.
+    # END SOLUTION
 
 
 app = FastAPI(
@@ -297,8 +447,26 @@ app = FastAPI(
     max_body_size=MAX_BODY_BYTES,
     # FastAPI 의 내장 OpenTelemetry 계측: 요청마다 http.server.request.duration (경로, 메서드, 상태 코드) 을
     # telemetry.py 의 MeterProvider 로 기록합니다. 골든 시그널 중 지연 시간, 트래픽, 오류가 여기서 나옵니다.
-    telemetry=telemetry.FASTAPI_TELEMETRY,
+    # BEGIN SOLUTION
+    # 05단계: 같은 계측이 요청마다 서버 스팬도 만듭니다 (들어온 traceparent 를 이어받음). LLM 스팬은 그 자식.
+    telemetry={**telemetry.FASTAPI_TELEMETRY, "tracing": True, "tracer_provider": TRACER_PROVIDER},
+    # STARTER
+    # # TODO 10 (lesson §6 'OpenTelemetry 추적'): {**telemetry.FASTAPI_TELEMETRY, "tracing": True,
+    # # "tracer_provider": TRACER_PROVIDER} 로 요청마다 서버 스팬을 만드세요.
+    # telemetry=telemetry.FASTAPI_TELEMETRY,
+    # END SOLUTION
 )
+# BEGIN SOLUTION
+
+# 요청마다 JSON 로그 한 줄과 X-Request-ID. app.add_middleware() 로 넣으면 FastAPI 의 본문 크기 제한(413)과
+# 500 처리의 안쪽에 들어가 그 응답에는 X-Request-ID 가 붙지 않으므로, FastAPI 가 만든 미들웨어 묶음 전체를 감쌉니다.
+# 그래도 FastAPI 의 서버 스팬 안쪽이라 로그 줄에 trace_id 가 들어갑니다.
+_build_middleware_stack = app.build_middleware_stack
+app.build_middleware_stack = lambda: observability.RequestLogMiddleware(_build_middleware_stack())
+# STARTER
+# # TODO 3 (lesson §2 '요청당 JSON 로그 한 줄'): FastAPI 가 만드는 미들웨어 묶음 전체를
+# # observability.RequestLogMiddleware 로 감싸세요 (app.build_middleware_stack 을 감싸는 함수로 바꾸기).
+# END SOLUTION
 
 
 @app.exception_handler(ApiError)
@@ -388,6 +556,14 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     telemetry.record_answer(settings.llm_model, refused=quality.is_refusal(reply.text))
     if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
         schedule_judge(req.message, reply.text)
+    # BEGIN SOLUTION
+    # 질문과 답은 로그에 쓰지 않고, 설정이 있을 때만 암호화해 저장합니다 (lesson §4).
+    prompt_store.append(settings.log_dir, PROMPT_FERNET, structlog.contextvars.get_contextvars().get("request_id", ""),
+                        req.message, reply.text)
+    # STARTER
+    # # TODO 7 (lesson §4 '남기면 안 되는 것과 프롬프트 암호화'): PROMPT_ENCRYPTION_KEYS 가 있으면 질문과 답을
+    # # prompt_store.append(settings.log_dir, PROMPT_FERNET, 요청 ID, req.message, reply.text) 로 암호화해 저장하세요.
+    # END SOLUTION
     return ChatResponse(
         response=reply.text,
         model=settings.llm_model,
