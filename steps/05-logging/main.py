@@ -36,6 +36,8 @@ from fastapi.responses import Response
 
 import quality
 import telemetry
+# TODO 1 (lesson §2 '요청당 JSON 로그 한 줄'): import observability (로그, 요청 ID, 추적, Sentry 설정) 와
+# import prompt_store (TODO 7), 그리고 재시도를 직접 돌릴 tenacity (TODO 11) 를 불러오세요.
 
 logger = logging.getLogger("llm-chat")
 
@@ -60,6 +62,9 @@ class Settings(BaseSettings):
     judge_model: str = "gemini-3.5-flash-judge"
     judge_sample_rate: float = Field(default=0.1, ge=0, le=1)
     drift_window: int = Field(default=200, ge=10)
+    # TODO 1 (lesson §2 '요청당 JSON 로그 한 줄'): 설정 LOG_DIR (기본 "logs") 와 LOG_LEVEL (기본 "INFO") 을 추가하세요.
+    # TODO 7 (lesson §4 '남기면 안 되는 것과 프롬프트 암호화'): 선택 설정 PROMPT_ENCRYPTION_KEYS (SecretStr | None).
+    # TODO 14 (lesson §9 'Sentry 오류 추적'): 선택 설정 SENTRY_DSN (SecretStr | None).
 
     @field_validator("google_api_key", "service_api_key")
     @classmethod
@@ -89,6 +94,11 @@ def load_prompt(version: str) -> str:
 
 
 SYSTEM_PROMPT = load_prompt(settings.prompt_version)
+# TODO 1 (lesson §2 '요청당 JSON 로그 한 줄'): observability.configure_logging(settings.log_dir, settings.log_level)
+# TODO 10 (lesson §6 'OpenTelemetry 추적'): TRACER_PROVIDER = observability.tracer_provider() 와 그 tracer.
+# TODO 13 (lesson §8 'LangSmith'): observability.hide_langsmith_payloads()
+# TODO 14 (lesson §9 'Sentry 오류 추적'): observability.init_sentry(SENTRY_DSN, secrets=[두 키 ...])
+# TODO 7 (lesson §4 '남기면 안 되는 것과 프롬프트 암호화'): PROMPT_FERNET = prompt_store.keyring(...)
 
 
 class ChatRequest(BaseModel):
@@ -181,6 +191,7 @@ class ApiError(Exception):
 
 def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(code=code, message=message))
+    # TODO 3 (lesson §2 '요청당 JSON 로그 한 줄'): 오류 코드를 로그 줄에: observability.note(error_code=code)
     return JSONResponse(status_code=status_code, content=body.model_dump(), headers=headers)
 
 
@@ -219,6 +230,16 @@ def error_type(exc: BaseException) -> str:
     return "internal_error"
 
 
+# TODO 11 (lesson §6 'OpenTelemetry 추적'): 재시도를 서비스가 돌리세요: tenacity 의 AsyncRetrying
+# (stop_after_attempt(settings.llm_max_attempts), 429/5xx/시간 초과만) 안에서 시도 한 번씩 llm.ainvoke 를 부르고,
+# 클라이언트의 재시도는 끕니다 (lifespan 의 max_retries=1). 둘을 겹치면 시도 수가 곱해집니다.
+# TODO 12 (lesson §6 'OpenTelemetry 추적'): 시도마다 tracer.start_as_current_span(f"chat {model}") 스팬 하나:
+# gen_ai.operation.name, gen_ai.provider.name, gen_ai.request.model, 성공하면 gen_ai.usage.input_tokens/output_tokens,
+# 실패하면 error.type.
+# TODO 3 (lesson §2 '요청당 JSON 로그 한 줄'): observability.note(model=, prompt_version=, attempts=,
+# input_tokens=, output_tokens=, cost_usd=) 로 로그 줄의 필드를 채우세요.
+# TODO 15 (lesson §9 'Sentry 오류 추적'): 재시도가 모두 끝난 업스트림 실패(upstream_*)는 요청 안에서 한 번만
+# observability.capture_upstream_failure(exc, request_id).
 async def invoke_llm(llm, messages: list, model: str):
     """LLM 호출 한 번 (재시도는 클라이언트 안에서). 성공이든 실패든 시간을 기록하고, 성공하면 토큰과 비용도."""
     started = time.perf_counter()
@@ -250,6 +271,8 @@ async def judge_answer(question: str, answer: str, answer_model: str) -> None:
 def schedule_judge(question: str, answer: str) -> None:
     """판정을 백그라운드 작업으로: 응답을 기다리게 하지 않습니다. 작업은 끝날 때까지 집합에 두어(강한 참조)
     가비지 컬렉션에 사라지지 않게 하고, 종료할 때 lifespan 이 남은 작업을 기다립니다."""
+    # TODO 3 (lesson §2 '요청당 JSON 로그 한 줄'): 판정 작업이 요청의 로그 줄을 바꾸지 않게
+    # context=observability.background_context() 로 만드세요.
     task = asyncio.create_task(judge_answer(question, answer, settings.llm_model))
     app.state.judge_tasks.add(task)
     task.add_done_callback(app.state.judge_tasks.discard)
@@ -264,6 +287,8 @@ async def lifespan(app: FastAPI):
         api_key=settings.google_api_key,
         base_url=settings.google_gemini_base_url,  # None 이면 Google (또는 환경 변수 GOOGLE_GEMINI_BASE_URL)
         timeout=settings.llm_timeout_seconds,  # 시도 한 번의 상한 (초)
+        # TODO 11 (lesson §6 'OpenTelemetry 추적'): 재시도는 서비스가 돌리므로 max_retries=1 (시도 한 번).
+        # TODO 5 (lesson §3 '요청 ID 와 contextvars'): client_args={"event_hooks": {"request": [observability.add_upstream_headers]}}
         max_retries=settings.llm_max_attempts,  # 총 시도 횟수. 빼면 langchain-google-genai 기본값 6
     )
     # 판정 모델 클라이언트: 같은 키와 주소, 결정적인(temperature 0) JSON 답.
@@ -272,6 +297,7 @@ async def lifespan(app: FastAPI):
         api_key=settings.google_api_key,
         base_url=settings.google_gemini_base_url,
         timeout=settings.llm_timeout_seconds,
+        # TODO 11 (lesson §6 'OpenTelemetry 추적'): 판정 클라이언트도 max_retries=1 과 같은 요청 훅.
         max_retries=settings.llm_max_attempts,
         temperature=0,
         response_mime_type="application/json",
@@ -285,6 +311,7 @@ async def lifespan(app: FastAPI):
         await asyncio.gather(*app.state.judge_tasks, return_exceptions=True)
     await judge_llm.aclose()
     await app.state.llm.aclose()
+    # TODO 10 (lesson §6 'OpenTelemetry 추적'): 종료할 때 TRACER_PROVIDER.shutdown() 으로 남은 스팬을 내보내세요.
 
 
 app = FastAPI(
@@ -297,8 +324,12 @@ app = FastAPI(
     max_body_size=MAX_BODY_BYTES,
     # FastAPI 의 내장 OpenTelemetry 계측: 요청마다 http.server.request.duration (경로, 메서드, 상태 코드) 을
     # telemetry.py 의 MeterProvider 로 기록합니다. 골든 시그널 중 지연 시간, 트래픽, 오류가 여기서 나옵니다.
+    # TODO 10 (lesson §6 'OpenTelemetry 추적'): {**telemetry.FASTAPI_TELEMETRY, "tracing": True,
+    # "tracer_provider": TRACER_PROVIDER} 로 요청마다 서버 스팬을 만드세요.
     telemetry=telemetry.FASTAPI_TELEMETRY,
 )
+# TODO 3 (lesson §2 '요청당 JSON 로그 한 줄'): FastAPI 가 만드는 미들웨어 묶음 전체를
+# observability.RequestLogMiddleware 로 감싸세요 (app.build_middleware_stack 을 감싸는 함수로 바꾸기).
 
 
 @app.exception_handler(ApiError)
@@ -388,6 +419,8 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     telemetry.record_answer(settings.llm_model, refused=quality.is_refusal(reply.text))
     if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
         schedule_judge(req.message, reply.text)
+    # TODO 7 (lesson §4 '남기면 안 되는 것과 프롬프트 암호화'): PROMPT_ENCRYPTION_KEYS 가 있으면 질문과 답을
+    # prompt_store.append(settings.log_dir, PROMPT_FERNET, 요청 ID, req.message, reply.text) 로 암호화해 저장하세요.
     return ChatResponse(
         response=reply.text,
         model=settings.llm_model,
