@@ -356,8 +356,10 @@ class MLflowServer:
         for attempt in range(self.port_retries):
             self.folder = Path(tempfile.mkdtemp(prefix="course-mlflow-"))
             self.port = free_port()
+            # No job runner (huey consumers: about 8 more processes, for evaluation jobs; tracing
+            # and its token usage do not need them), no telemetry.
             env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-                   "PYTHONUNBUFFERED": "1"}
+                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1"}
             for var in ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "PYTHONPATH"):
                 env.pop(var, None)
             args = [str(exe), "server", "--host", "127.0.0.1", "--port", str(self.port),
