@@ -1,5 +1,5 @@
 """로그 조회 (레슨 §5 '로그 수집과 조회'): LOG_DIR 의 JSON 줄 로그(app.jsonl 과 돌려진 app.jsonl.1 ...)를
-DuckDB 로 SQL 조회합니다. 서버도 설치도 없이 파일을 바로 읽습니다.
+DuckDB 로 SQL 조회합니다 (read_ndjson_objects: 줄을 쓴 그대로, read_json_auto: 열을 추론한 표). 서버도 설치도 없이 파일을 바로 읽습니다.
 
     python -m logstore <request_id>     그 요청의 줄을 시간순으로 (한 줄에 JSON 하나)
 
@@ -30,17 +30,18 @@ def lines_for(log_dir: str | Path, request_id: str) -> list[dict]:
     if not list(Path(log_dir).glob("app.jsonl*")):
         return []
     # BEGIN SOLUTION
-    # 줄마다 필드가 달라도(요청 줄, 시작 메시지, 경고) read_json_auto 가 모든 열의 합집합을 만듭니다.
-    # 값은 매개변수(?)로: request_id 를 SQL 문자열에 붙이면 SQL 주입이 됩니다.
+    # read_ndjson_objects: 한 줄 = JSON 하나를 그대로 (줄마다 필드가 달라도, 시각 형식도 쓴 그대로). 집계할 때는
+    # read_json_auto 가 열(column)을 추론해 표로 만듭니다 (README 의 '로그 조회'). 값은 매개변수(?)로:
+    # request_id 를 SQL 문자열에 이어 붙이면 SQL 주입이 됩니다.
     rows = duckdb.execute(
-        "SELECT to_json(t)::VARCHAR FROM read_json_auto(?, format='newline_delimited', union_by_name=true,"
-        " ignore_errors=true) AS t WHERE request_id = ? ORDER BY timestamp",
+        "SELECT json FROM read_ndjson_objects(?, ignore_errors=true)"
+        " WHERE json ->> 'request_id' = ? ORDER BY json ->> 'timestamp'",
         [pattern, request_id],
     ).fetchall()
-    return [{k: v for k, v in json.loads(r[0]).items() if v is not None} for r in rows]
+    return [json.loads(r[0]) for r in rows]
     # STARTER
-    # # TODO 9 (lesson §5 '로그 수집과 조회'): duckdb 로 read_json_auto(pattern) 을 읽어 request_id 가 같은 줄을
-    # # timestamp 순으로 돌려주세요 (값은 ? 매개변수로).
+    # # TODO 9 (lesson §5 '로그 수집과 조회'): duckdb 로 pattern 의 파일들을 읽어(read_ndjson_objects 또는
+    # # read_json_auto) request_id 가 같은 줄을 timestamp 순으로 돌려주세요 (값은 ? 매개변수로).
     # return []
     # END SOLUTION
 

@@ -428,12 +428,12 @@ async def lifespan(app: FastAPI):
     await judge_llm.aclose()
     await app.state.llm.aclose()
     # BEGIN SOLUTION
-    TRACER_PROVIDER.shutdown()  # 모아 둔 스팬을 내보내고 끝냄 (BatchSpanProcessor)
+    TRACER_PROVIDER.force_flush()  # 모아 둔 스팬을 지금 내보냄 (BatchSpanProcessor). 프로세스가 끝날 때 SDK 가 shutdown
     import sentry_sdk
 
     sentry_sdk.flush(timeout=2)
     # STARTER
-    # # TODO 10 (lesson §6 'OpenTelemetry 추적'): 종료할 때 TRACER_PROVIDER.shutdown() 으로 남은 스팬을 내보내세요.
+    # # TODO 10 (lesson §6 'OpenTelemetry 추적'): 종료할 때 TRACER_PROVIDER.force_flush() 로 남은 스팬을 내보내세요.
     # END SOLUTION
 
 

@@ -139,6 +139,9 @@ def configure_logging(log_dir: str | Path, level: str = "INFO") -> None:
     access = logging.getLogger("uvicorn.access")
     access.handlers.clear()
     access.propagate = False
+    # LLM 클라이언트(httpx/httpx2)는 업스트림 요청마다 INFO 줄을 씁니다: 시도는 스팬과 로그 줄의 attempts 로 보이므로 경고만.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # STARTER
     # # TODO 1 (lesson §2 '요청당 JSON 로그 한 줄'): structlog 를 설정해 로그 한 줄이 JSON 하나가 되게 하세요:
     # # merge_contextvars(request_id), add_log_level, TimeStamper(fmt="iso", utc=True, key="timestamp"),

@@ -1,5 +1,5 @@
 """로그 조회 (레슨 §5 '로그 수집과 조회'): LOG_DIR 의 JSON 줄 로그(app.jsonl 과 돌려진 app.jsonl.1 ...)를
-DuckDB 로 SQL 조회합니다. 서버도 설치도 없이 파일을 바로 읽습니다.
+DuckDB 로 SQL 조회합니다 (read_ndjson_objects: 줄을 쓴 그대로, read_json_auto: 열을 추론한 표). 서버도 설치도 없이 파일을 바로 읽습니다.
 
     python -m logstore <request_id>     그 요청의 줄을 시간순으로 (한 줄에 JSON 하나)
 
@@ -29,8 +29,8 @@ def lines_for(log_dir: str | Path, request_id: str) -> list[dict]:
     pattern = str(Path(log_dir) / "app.jsonl*")
     if not list(Path(log_dir).glob("app.jsonl*")):
         return []
-    # TODO 9 (lesson §5 '로그 수집과 조회'): duckdb 로 read_json_auto(pattern) 을 읽어 request_id 가 같은 줄을
-    # timestamp 순으로 돌려주세요 (값은 ? 매개변수로).
+    # TODO 9 (lesson §5 '로그 수집과 조회'): duckdb 로 pattern 의 파일들을 읽어(read_ndjson_objects 또는
+    # read_json_auto) request_id 가 같은 줄을 timestamp 순으로 돌려주세요 (값은 ? 매개변수로).
     return []
 
 

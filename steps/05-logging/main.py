@@ -311,7 +311,7 @@ async def lifespan(app: FastAPI):
         await asyncio.gather(*app.state.judge_tasks, return_exceptions=True)
     await judge_llm.aclose()
     await app.state.llm.aclose()
-    # TODO 10 (lesson §6 'OpenTelemetry 추적'): 종료할 때 TRACER_PROVIDER.shutdown() 으로 남은 스팬을 내보내세요.
+    # TODO 10 (lesson §6 'OpenTelemetry 추적'): 종료할 때 TRACER_PROVIDER.force_flush() 로 남은 스팬을 내보내세요.
 
 
 app = FastAPI(
