@@ -91,3 +91,28 @@ def show(file: str, start: str | None = None, end: str | None = None):
 
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+def start_tracing(experiment: str = "faq-widget"):
+    """A real MLflow tracing server for the lesson (coursekit.tracing), stopped by `lesson.cleanup()`
+    and at exit. Its `.env()` points a service's OpenTelemetry exporter at it."""
+    from . import tracing
+
+    server = tracing.MLflowServer(experiment=experiment).start()
+    lesson.on_cleanup(server.stop)
+    return server
+
+
+def start_receivers():
+    """(SentryReceiver, LangSmithReceiver) of coursekit.receivers, started, stopped by `lesson.cleanup()`."""
+    from . import receivers
+
+    sentry, smith = receivers.SentryReceiver().start(), receivers.LangSmithReceiver().start()
+    lesson.on_cleanup(sentry.stop)
+    lesson.on_cleanup(smith.stop)
+    return sentry, smith
+
+
+def sent_text(receiver, since: int = 0) -> str:
+    """Everything a receiver got (bodies decoded, request `since` onwards) as one text, for leak scans."""
+    return "\n".join(r.text() for r in receiver.raw()[since:])

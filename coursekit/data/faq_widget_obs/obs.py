@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sentry_sdk
 import structlog
+from sentry_sdk.integrations.logging import LoggingIntegration
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -87,6 +88,9 @@ def scrub(event, hint):
     request["headers"] = {k: v for k, v in headers.items() if k.lower() not in SECRET_HEADERS}
     for field in ("data", "cookies", "query_string"):
         request.pop(field, None)
+    for exc in (event.get("exception") or {}).get("values", []):
+        for frame in (exc.get("stacktrace") or {}).get("frames", []):
+            frame.pop("vars", None)                       # 함수의 지역 변수: 질문, 헤더, 설정이 들어 있음
     for value in (os.environ.get("WIDGET_API_KEY"), os.environ.get("GOOGLE_API_KEY")):
         if value and value in repr(event):                # 어딘가 남은 키 값은 통째로 버림
             return None
@@ -102,9 +106,15 @@ def setup_sentry() -> bool:
         dsn=dsn,
         send_default_pii=not scrubbed and os.environ.get("WIDGET_SENTRY_PII") == "1",
         before_send=scrub if scrubbed else None,
+        include_local_variables=not scrubbed,             # 스택 프레임의 지역 변수를 보내지 않음
         traces_sample_rate=None,                          # 성능 추적은 OpenTelemetry 가 함
         environment="lesson",
         release="faq-widget@5",
+        # ERROR 로그 줄이 이벤트가 되면 실패한 요청 하나가 이벤트 둘이 됩니다: 로그는 빵부스러기(breadcrumb)로만
+        integrations=[LoggingIntegration(level=logging.INFO, event_level=None)] if scrubbed else [],
+        # 자동으로 켜지는 통합(LangChain, google-genai, FastAPI ...)은 실패한 LLM 시도마다 이벤트를 하나씩 더 보냅니다
+        # (측정: 시도 3번 실패한 요청 하나 = 이벤트 4개). 요청당 한 번은 우리가 capture_exception 으로 보냄
+        auto_enabling_integrations=not scrubbed,
     )
     return True
 
