@@ -167,7 +167,6 @@ def run(step_dir, tmp_path_factory, simulator, backends) -> Run:
         "LANGSMITH_ENDPOINT": lsr.endpoint,
         "LANGSMITH_API_KEY": LANGSMITH_KEY,
         "LANGSMITH_PROJECT": "grader-step05",
-        "OTEL_SERVICE_NAME": "llm-chat",
         "OTEL_BSP_SCHEDULE_DELAY": "200",     # 스팬을 0.2 초마다 내보냄 (기본 5 초)
         **mlf.env(),
     }
@@ -604,12 +603,17 @@ def test_sentry_once_per_failed_request(run):
     untagged = len(tagged.get(None, []))
     if untagged:
         problems.append(f"request_id 태그가 없는 이벤트 {untagged}개")
+    leaked = ls.scan({"Sentry 이벤트": r.sentry_raw}, {
+        "서비스 키": SERVICE_KEY, "Gemini 키": GOOGLE_KEY, "Authorization 값": BEARER, "Cookie 값": COOKIE,
+        **{f"질문 ({s.name})": s.marker for s in r.sent if s.marker}})
+    if leaked:
+        problems.append("이벤트에 키·헤더·질문: " + ", ".join(leaked[:3]))
     pii = [(e, found) for e in events if (found := personal_data(e))]
     if pii:
         problems.append(f"개인정보·본문이 실린 이벤트 {len(pii)}개: " + ", ".join(pii[0][1]))
     if problems:
         fail(expected=f"업스트림 장애로 실패한 요청 {len(failed)}개 -> Sentry 이벤트 각각 정확히 하나 (request_id 태그), "
-                      "다른 요청은 이벤트 없음, 이벤트에 IP·쿠키·본문 없음 (send_default_pii=False)",
+                      "다른 요청은 이벤트 없음, 이벤트에 키·Authorization·질문·IP·쿠키·본문 없음 (send_default_pii=False)",
              measured=f"이벤트 {len(events)}개: " + "; ".join(problems[:4]),
              detail="받은 이벤트: " + "; ".join(event_summary(e) for e in events[:4]) if events else None)
 
