@@ -128,9 +128,8 @@ def grading_time(request):
 @pytest.fixture(scope="module")
 def backends():
     """MLflow (real), Sentry and LangSmith receivers; a missing MLflow venv skips (or fails in CI)."""
-    from coursekit.receivers import LangSmithReceiver, SentryReceiver
-
     from coursekit import tracing
+    from coursekit.receivers import LangSmithReceiver, SentryReceiver
 
     tracing.require_backend("step 05 의 추적 검사에는 MLflow 추적 서버가 필요합니다")
     with tracing.MLflowServer(experiment="grader-step05") as mlf, SentryReceiver() as sentry, \
