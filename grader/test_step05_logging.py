@@ -484,6 +484,9 @@ def test_log_store(run):
 @check("step05.traces")
 def test_one_trace_per_request(run):
     r = run
+    if not any(r.traces.values()):
+        fail(expected="서비스가 OTLP 로 보낸 추적이 MLflow 에 도착 (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT/HEADERS)",
+             measured=f"MLflow 의 추적 0개 ({r.mlflow_error or '도착한 추적 없음'})")
     need_log_lines(r)
     problems = []
     with_tp = [s for s in r.sent if s.trace_id]
@@ -494,7 +497,7 @@ def test_one_trace_per_request(run):
         if got != s.trace_id:
             problems.append(f"{s.label()}: 보낸 traceparent 의 trace id {s.trace_id} 대신 로그 줄 trace_id={got!r}")
     # one trace per request
-    tids = [(s, (r.lines(s) or [{}])[0].get("trace_id")) for s in r.sent]
+    tids = [(s, t if isinstance(t := (r.lines(s) or [{}])[0].get("trace_id"), str) else None) for s in r.sent]
     seen: dict = {}
     for s, tid in tids:
         if tid:
@@ -503,12 +506,7 @@ def test_one_trace_per_request(run):
     if shared:
         t, names = next(iter(shared.items()))
         problems.append(f"요청 {len(names)}개가 같은 trace_id {t} ({', '.join(names[:3])})")
-    arrived = sum(1 for t in r.traces.values() if t)
-    record("traces_in_mlflow", arrived)
-    if not arrived:
-        fail(expected="서비스가 OTLP 로 보낸 추적이 MLflow 에 도착 (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT/HEADERS)",
-             measured=f"MLflow 의 추적 0개 ({r.mlflow_error or '도착한 추적 없음'})",
-             detail="; ".join(problems[:3]) or None)
+    record("traces_in_mlflow", sum(1 for t in r.traces.values() if t))
     for s, tid in tids:
         if s.path != "/chat" or not tid:
             continue
@@ -531,7 +529,6 @@ def test_one_trace_per_request(run):
 @check("step05.llm_spans")
 def test_llm_span_per_attempt(run):
     r = run
-    need_log_lines(r)
     targets = [s for s in r.sent if s.trace_id and s.path == "/chat" and (s.chat_ok or s.upstream_failed)]
     problems, counts = [], []
     for s in targets:
@@ -580,7 +577,6 @@ def test_llm_span_per_attempt(run):
 @check("step05.sentry")
 def test_sentry_once_per_failed_request(run):
     r = run
-    need_request_ids(r)
     failed = [s for s in r.sent if s.upstream_failed]
     if not failed:
         fail(expected="업스트림 503 을 시도마다 주입하면 /chat 이 5xx", measured=", ".join(
@@ -588,6 +584,10 @@ def test_sentry_once_per_failed_request(run):
     events = r.sentry_events
     record("events", len(events))
     record("failed_requests", len(failed))
+    if not events:
+        fail(expected=f"업스트림 장애로 실패한 요청 {len(failed)}개 -> SENTRY_DSN 의 Sentry 에 이벤트 {len(failed)}개",
+             measured="받은 이벤트 0개")
+    need_request_ids(r)
     tagged: dict = {}
     for e in events:
         tagged.setdefault(ls.sentry_tag(e, "request_id"), []).append(e)
@@ -674,7 +674,6 @@ def places(r: Run) -> dict[str, str]:
 @check("step05.secrets")
 def test_no_secrets(run):
     r = run
-    need_log_lines(r)  # nothing written, nothing to scan: the scan proves nothing yet
     needles = {"서비스 키 (X-API-Key)": SERVICE_KEY, "Gemini 키": GOOGLE_KEY, "LangSmith 키": LANGSMITH_KEY,
                "Authorization 값": BEARER, "Cookie 값": COOKIE}
     for k in r.keys:
@@ -684,12 +683,12 @@ def test_no_secrets(run):
     if found:
         fail(expected="서비스가 남긴 어디에도 키와 Authorization·Cookie 헤더 값이 없음",
              measured=f"{len(found)}곳: " + "; ".join(found[:5]))
+    need_log_lines(r)  # nothing written, nothing scanned: a clean scan proves nothing yet
 
 
 @check("step05.prompt_privacy")
 def test_no_raw_prompt(run):
     r = run
-    need_log_lines(r)
     chats = [s for s in r.sent if s.marker and s.path == "/chat"]
     needles = {f"질문 ({s.name})": s.marker for s in chats}
     needles.update({f"답 ({s.name})": s.answer[:40] for s in chats if s.answer and len(s.answer) >= 20})
@@ -698,6 +697,7 @@ def test_no_raw_prompt(run):
     if found:
         fail(expected="로그, 표준 출력, Sentry 이벤트, 스팬, LangSmith 실행 어디에도 질문과 답의 평문이 없음",
              measured=f"{len(found)}곳: " + "; ".join(found[:5]))
+    need_log_lines(r)
 
 
 # --------------------------------------------------------------------------- encryption
