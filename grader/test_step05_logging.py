@@ -207,7 +207,7 @@ def send_traffic(svc, sim) -> list[Sent]:
         last_seq = (sim.requests(limit=1) or [{"seq": 0}])[-1]["seq"]
         started = time.monotonic()
         try:
-            resp = httpx.request(s.method, f"{svc.base_url}{s.path}", headers=hdrs, timeout=60, **kw)
+            resp = httpx.request(s.method, f"{svc.base_url}{s.path}", headers=hdrs, timeout=30, **kw)
         except httpx.HTTPError as exc:
             fail(expected=f"{s.name}: {s.method} {s.path} 에 서비스가 응답", measured=f"{type(exc).__name__}: {exc}")
         s.seconds = time.monotonic() - started
