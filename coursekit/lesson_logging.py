@@ -67,8 +67,16 @@ def is_json(line: str) -> bool:
 
 
 def leaks(text: str, *secrets: str) -> dict[str, int]:
-    """How often each secret (key, prompt ...) occurs in `text` (only the ones found)."""
-    return {s if len(s) <= 24 else s[:21] + "...": text.count(s) for s in secrets if s and s in text}
+    """How often each secret (key, prompt ...) occurs in `text`, as is or JSON-escaped (\\uXXXX, as SDKs
+    often send it); only the ones found."""
+    found = {}
+    for s in secrets:
+        if not s:
+            continue
+        n = sum(text.count(form) for form in {s, json.dumps(s)[1:-1]})
+        if n:
+            found[s if len(s) <= 24 else s[:21] + "..."] = n
+    return found
 
 
 def show(file: str, start: str | None = None, end: str | None = None):

@@ -602,11 +602,15 @@ flowchart LR
 """,
     "step05": """\
 flowchart LR
-    C["클라이언트<br/>X-Request-ID"] --> A["학습자 서비스"]
-    A -->|"요청당 JSON 로그 한 줄"| LG["로그 수집"]
-    A -->|"trace / span"| TR["추적 (LangSmith 등)"]
-    A -->|"generateContent"| S[("Gemini 시뮬레이터")]
-    G["채점기"] -->|"로그와 헤더 검사"| A
+    C["클라이언트<br/>X-Request-ID · traceparent"] --> A["학습자 서비스<br/>structlog · OpenTelemetry"]
+    A -->|"요청당 JSON 로그 한 줄<br/>LOG_DIR/app.jsonl"| LG[("로그 파일<br/>DuckDB 로 조회")]
+    A -->|"OTLP/HTTP 스팬<br/>시도마다 chat 스팬"| TR["MLflow 추적 서버"]
+    A -->|"오류 이벤트 (before_send)"| SE["Sentry 수신기"]
+    A -->|"run (입력·출력 숨김)"| LS["LangSmith 수신기"]
+    A -->|"generateContent<br/>X-Request-ID · traceparent"| S[("Gemini 시뮬레이터")]
+    A -->|"Fernet 암호화"| PS[("prompts.jsonl")]
+    G["채점기"] -->|"요청 · 장애 주입"| A
+    G -.->|"로그 · 트레이스 · 이벤트 · run 검사"| LG & TR & SE & LS
 """,
     "step06": """\
 flowchart LR
