@@ -92,12 +92,13 @@ async def request_log(request: Request, call_next):
         return response
     finally:
         route = request.scope.get("route")
-        level = "error" if status >= 500 else "warning" if status >= 400 else "info"
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        level = "info" if status < 400 else "warning" if status < 500 else "error"
         getattr(log, level)("request", method=request.method, route=route.path if route else "<unmatched>",
-                            status=status, latency_ms=round((time.perf_counter() - started) * 1000, 1), **fields)
+                            status=status, latency_ms=elapsed_ms, **fields)
 
 
-def retryable(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ModelError, httpx2.TimeoutException)) and not isinstance(exc, ModelRateLimitError)
 
 
@@ -112,10 +113,10 @@ def classify(exc: BaseException) -> tuple[str, int]:
 async def call_llm(question: str, request_id: str, fields: dict):
     """시도마다 스팬 하나 (`chat <model>`, GenAI 속성). 나가는 요청에 traceparent 와 X-Request-ID."""
     fields["attempts"] = 0
-    async for attempt in AsyncRetrying(stop=stop_after_attempt(ATTEMPTS), retry=retry_if_exception(retryable),
+    async for attempt in AsyncRetrying(stop=stop_after_attempt(ATTEMPTS), retry=retry_if_exception(is_transient),
                                        wait=wait_exponential(multiplier=0.05, max=0.4), reraise=True):
         with attempt, tracer.start_as_current_span(f"chat {MODEL}", kind=SpanKind.CLIENT,
-                                                   record_exception=False, set_status_on_exception=False) as span:
+                                                   set_status_on_exception=False, record_exception=False) as span:
             fields["attempts"] += 1
             span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.provider.name": "gcp.gemini",
                                  "gen_ai.request.model": MODEL})
@@ -147,13 +148,12 @@ async def ask(body: Ask):
     fields.update(model=MODEL, prompt_version=PROMPT_VERSION)
     try:
         result = await call_llm(body.q, request_id, fields)
-    except Exception as exc:
-        code, status = classify(exc)
+    except Exception as err:
+        code, status = classify(err)
         fields["error_code"] = code
-        with sentry_sdk.new_scope() as scope:
-            scope.set_tag("request_id", request_id)
-            scope.set_tag("trace_id", obs.current_ids()[0])
-            sentry_sdk.capture_exception(exc)                   # 실패한 요청 하나 = 이벤트 하나
+        with sentry_sdk.new_scope() as sentry_scope:
+            sentry_scope.set_tags({"request_id": request_id, "trace_id": obs.current_ids()[0]})
+            sentry_sdk.capture_exception(err)                   # 실패한 요청 하나 = 이벤트 하나
         return JSONResponse({"error": "LLM 호출 실패", "request_id": request_id}, status_code=status)
     usage = result.usage_metadata or {}
     fields.update(input_tokens=usage.get("input_tokens", 0), output_tokens=usage.get("output_tokens", 0),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sentry_sdk
 import structlog
+from structlog.stdlib import BoundLogger, LoggerFactory, ProcessorFormatter
 from sentry_sdk.integrations.logging import LoggingIntegration
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -32,37 +33,33 @@ def setup_logging() -> structlog.stdlib.BoundLogger:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     shared = [
         structlog.contextvars.merge_contextvars,          # request_id, trace_id ... (요청마다 bind)
-        structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", key="timestamp"),   # UTC
     ]
-    formatter = structlog.stdlib.ProcessorFormatter(
+    fmt = ProcessorFormatter(
         foreign_pre_chain=shared,                         # uvicorn 처럼 structlog 를 안 쓰는 로거도 같은 형식으로
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info,
+        processors=[ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.dict_tracebacks,          # 예외도 JSON 필드로
                     structlog.processors.JSONRenderer(ensure_ascii=False)],
     )
     to_file = logging.handlers.RotatingFileHandler(LOG_DIR / "app.jsonl", maxBytes=5_000_000, backupCount=3,
                                                    encoding="utf-8")
     to_stdout = logging.StreamHandler(sys.stdout)
-    root = logging.getLogger()
-    root.handlers = []
+    root_logger = logging.getLogger()
+    root_logger.handlers = []
     for handler in (to_file, to_stdout):
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-    root.setLevel(LEVEL)
+        handler.setFormatter(fmt)
+        root_logger.addHandler(handler)
+    root_logger.setLevel(LEVEL)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers = []             # uvicorn 의 평문 핸들러 대신 루트(JSON)로
-        logging.getLogger(name).propagate = True
+        uv = logging.getLogger(name)
+        uv.handlers, uv.propagate = [], True              # uvicorn 의 평문 핸들러 대신 루트(JSON)로
     # 접근 로그는 요청 로그 한 줄과 겹칩니다: 끔 (레슨의 '전' 에서만 켬)
     logging.getLogger("uvicorn.access").disabled = os.environ.get("WIDGET_UVICORN_ACCESS") != "1"
     for noisy in ("httpx", "httpx2", "httpcore", "google_genai", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # 업스트림 URL, 헤더가 로그에 섞이지 않게
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
+    structlog.configure(processors=[*shared, ProcessorFormatter.wrap_for_formatter],
+                        logger_factory=LoggerFactory(), wrapper_class=BoundLogger, cache_logger_on_first_use=True)
     return structlog.get_logger("faq-widget")
 
 
@@ -83,11 +80,11 @@ SECRET_HEADERS = {"authorization", "x-api-key", "cookie", "set-cookie"}
 
 def scrub(event, hint):
     """before_send: Sentry 로 나가기 직전의 이벤트에서 헤더의 비밀, 요청 본문(프롬프트), 쿠키를 지웁니다."""
-    request = event.get("request") or {}
-    headers = request.get("headers") or {}
-    request["headers"] = {k: v for k, v in headers.items() if k.lower() not in SECRET_HEADERS}
+    req = event.get("request") or {}
+    headers = req.get("headers") or {}
+    req["headers"] = {k: v for k, v in headers.items() if k.lower() not in SECRET_HEADERS}
     for field in ("data", "cookies", "query_string"):
-        request.pop(field, None)
+        req.pop(field, None)
     for exc in (event.get("exception") or {}).get("values", []):
         for frame in (exc.get("stacktrace") or {}).get("frames", []):
             frame.pop("vars", None)                       # 함수의 지역 변수: 질문, 헤더, 설정이 들어 있음
