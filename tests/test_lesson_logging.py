@@ -118,3 +118,16 @@ def test_spans_per_attempt_in_mlflow_and_one_scrubbed_sentry_event(own_sim):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_demo_code_repeats_no_step05_solution_line():
+    """The lesson shows the demo's code; on the site it must not print an answer line of solutions/05-logging
+    (tests/test_docs.py checks the built site only once the lesson is executed there)."""
+    import solutionless
+
+    answers = {src: lines for src, lines in solutionless.distinctive_solution_lines().items() if "05-logging" in src}
+    if not answers:
+        pytest.skip("solutions/05-logging 가 없습니다 (강사용 사본)")
+    demo = {p.name: solutionless._norm(p.read_text(encoding="utf-8")) for p in ll.DEMO_SOURCE.glob("*.py")}
+    found = [(name, src, line) for name, text in demo.items() for src, lines in answers.items() for line in lines if line in text]
+    assert not found, found
