@@ -243,6 +243,9 @@ def test_one_scrubbed_sentry_event_per_failed_upstream_chat(client, service, sen
     ok = client.post("/chat", json={"message": QUESTION}, headers=HEADERS)
     client.post("/chat", json={"message": QUESTION})  # 401: 이벤트 없음
     assert (failed.status_code, ok.status_code) == (502, 200)
+    options = sentry_sdk.get_client().options
+    assert options["send_default_pii"] is False and options["include_local_variables"] is False
+    assert options["before_send"] is not None
     sentry_sdk.flush(5)
     events = sentry.wait_for_events(1, timeout=5)
     assert len(events) == 1  # 시도마다(3번)가 아니라 실패한 요청마다
