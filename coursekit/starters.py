@@ -52,7 +52,8 @@ END = "# END SOLUTION"
 MARKERS = (BEGIN, STARTER, END)
 
 # Never copied from a solution folder into a starter.
-IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "venv", ".env", ".ipynb_checkpoints"}
+IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "venv", ".env", ".ipynb_checkpoints",
+                 "logs"}  # logs/: what a step 05 service writes where it runs (LOG_DIR)
 IGNORED_SUFFIXES = {".pyc"}
 # Files only the learner's folder has (not generated, not compared).
 STEP_ONLY = {"lesson.ipynb"}

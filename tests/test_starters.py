@@ -177,7 +177,11 @@ STILL_HOLDS = [("step03", "step02", ["step02.contract", "step02.health", "step02
                                       "step02.settings", "step02.upstream_errors", "step02.retry_bound"]),
                ("step04", "step02", ["step02.contract", "step02.health", "step02.validation", "step02.auth",
                                      "step02.settings", "step02.upstream_errors", "step02.retry_bound"]),
-               ("step04", "step03", [c.id for c in manifest.load().step("step03").checks])]
+               ("step04", "step03", [c.id for c in manifest.load().step("step03").checks]),
+               ("step05", "step02", ["step02.contract", "step02.validation", "step02.auth", "step02.upstream_errors",
+                                     "step02.retry_bound"]),
+               ("step05", "step03", ["step03.versions", "step03.eval_report", "step03.ci_commands"]),
+               ("step05", "step04", [c.id for c in manifest.load().step("step04").checks])]
 
 
 @pytest.mark.parametrize("later, earlier, checks", STILL_HOLDS, ids=[f"{a}-keeps-{b}" for a, b, _ in STILL_HOLDS])
