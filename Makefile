@@ -45,7 +45,7 @@ sim: $(STAMP)
 test: $(TEST_STAMP) tracing-backend
 	$(BIN)/python -m pytest tests --durations=15
 
-grade: $(STAMP)
+grade: $(STAMP) tracing-backend
 	$(BIN)/python -m pytest grader
 
 docs: $(STAMP)
@@ -61,4 +61,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator_throughput.py
 
 clean:
-	rm -rf $(VENV) site .pytest_cache
+	rm -rf $(VENV) .venv-mlflow site .pytest_cache
