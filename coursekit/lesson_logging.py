@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import lesson
 
-__all__ = ["DEMO_SOURCE", "WIDGET_KEY", "log_dir", "log_lines", "show", "start_widget", "stdout_lines", "leaks"]
+__all__ = ["DEMO_SOURCE", "WIDGET_KEY", "leaks", "log_dir", "log_lines", "show", "start_widget", "stdout_lines"]
 
 DEMO_SOURCE = Path(__file__).resolve().parent / "data" / "faq_widget_obs"
 PRICE_SOURCE = Path(__file__).resolve().parent / "data" / "faq_widget"

@@ -12,20 +12,24 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 
 import httpx2
+import obs
 import sentry_sdk
 import structlog
+import vault
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from langchain_core.exceptions import ModelError, ModelRateLimitError
 from langchain_google_genai import ChatGoogleGenerativeAI
-from opentelemetry import propagate, trace
+from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import BaseModel, ConfigDict, Field
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
-
-import obs
-import vault
 from pricing import cost_usd
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 MODEL = os.environ.get("WIDGET_MODEL", "gemini-3.5-flash")
 ATTEMPTS = int(os.environ.get("WIDGET_ATTEMPTS", "3"))       # 시도 횟수 상한 (재시도는 이 서비스가: SDK 재시도는 끔)

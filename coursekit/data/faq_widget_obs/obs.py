@@ -14,12 +14,12 @@ from pathlib import Path
 
 import sentry_sdk
 import structlog
-from structlog.stdlib import BoundLogger, LoggerFactory, ProcessorFormatter
-from sentry_sdk.integrations.logging import LoggingIntegration
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from sentry_sdk.integrations.logging import LoggingIntegration
+from structlog.stdlib import BoundLogger, LoggerFactory, ProcessorFormatter
 
 SERVICE_NAME = "faq-widget"
 LOG_DIR = Path(os.environ.get("WIDGET_LOG_DIR", "logs"))
@@ -67,7 +67,9 @@ def setup_logging() -> structlog.stdlib.BoundLogger:
 def setup_tracing() -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
     if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
 
         # 주소와 헤더는 표준 환경 변수 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / _HEADERS 에서 읽습니다
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=500))

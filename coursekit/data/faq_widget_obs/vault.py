@@ -9,7 +9,7 @@ WIDGET_PROMPT_KEYS = "새키,옛키,..." (쉼표로 구분, 첫 키로 암호화
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.fernet import Fernet, MultiFernet
@@ -27,7 +27,7 @@ def store(request_id: str, question: str, reply: str) -> bool:
     if f is None:
         return False
     token = f.encrypt(json.dumps({"q": question, "reply": reply}, ensure_ascii=False).encode()).decode()
-    row = {"request_id": request_id, "timestamp": datetime.now(timezone.utc).isoformat(), "token": token}
+    row = {"request_id": request_id, "timestamp": datetime.now(UTC).isoformat(), "token": token}
     with PATH.open("a", encoding="utf-8") as out:
         out.write(json.dumps(row) + "\n")
     return True
