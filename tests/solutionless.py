@@ -101,6 +101,9 @@ GENERIC = {
     "model_config = ConfigDict(",
     "@app.exception_handler(Exception)",
     "cancel-in-progress: false",
+    # the GenAI semantic-convention attribute and the Sentry option the step 04/05 lessons teach by name
+    '"gen_ai.request.model": model}',
+    "auto_enabling_integrations=False,",
 }
 
 
