@@ -445,3 +445,22 @@ def cleanup() -> None:
 
 
 atexit.register(cleanup)
+
+
+def show_source(path: str | os.PathLike, start: str | None = None, end: str | None = None):
+    """A demo file (or its lines from the first one containing `start` up to the line before the
+    next one containing `end`) as highlighted code in the notebook; plain text outside IPython."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if start is not None:
+        first = next(i for i, l in enumerate(lines) if start in l)
+        last = len(lines)
+        if end is not None:
+            last = next((i for i, l in enumerate(lines[first + 1:], first + 1) if end in l), len(lines))
+        lines = lines[first:last]
+    text = "\n".join(lines).rstrip() + "\n"
+    try:
+        from IPython.display import Code
+
+        return Code(text, language="python")
+    except ImportError:  # outside IPython
+        return text

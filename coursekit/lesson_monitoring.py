@@ -86,20 +86,7 @@ def start_widget(env: Mapping[str, str] | None = None, name: str = "faq-widget")
 def show(file: str, start: str | None = None, end: str | None = None):
     """The demo's `file` (or the lines from the first one containing `start` up to the line before the
     next one containing `end`) as highlighted code in the notebook."""
-    lines = (DEMO_SOURCE / file).read_text(encoding="utf-8").splitlines()
-    if start is not None:
-        first = next(i for i, l in enumerate(lines) if start in l)
-        last = len(lines)
-        if end is not None:
-            last = next((i for i, l in enumerate(lines[first + 1:], first + 1) if end in l), len(lines))
-        lines = lines[first:last]
-    text = "\n".join(lines).rstrip() + "\n"
-    try:
-        from IPython.display import Code
-
-        return Code(text, language="python")
-    except ImportError:  # outside IPython
-        return text
+    return lesson.show_source(DEMO_SOURCE / file, start, end)
 
 
 # --------------------------------------------------------------------------- /metrics parsing

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,3 +352,17 @@ def run_locust(
         output=output[-4000:],
         errors=tuple(errors),
     )
+
+
+@contextmanager
+def report_grading_time(request, step_id: str, budget_seconds: float) -> Iterator[None]:
+    """Around a step's graded checks (a module-scoped autouse fixture): print how long grading took
+    against its budget (DESIGN §8), outside pytest's output capture."""
+    started = time.monotonic()
+    yield
+    took = time.monotonic() - started
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if capman is not None and reporter is not None:
+        with capman.global_and_fixture_disabled():
+            reporter.write_line(f"\n{step_id} 채점 시간: {took:.1f}초 (예산 {budget_seconds}초)")

@@ -24,6 +24,7 @@ from coursekit import prometheus as kp
 from coursekit.procs import skip_or_fail, tool_path
 from coursekit.simulator.models import price_for
 from grader import monitoring_support as ms
+from grader import harness
 from grader.harness import blocked, check, copy_step, fail, record, run_locust, run_service
 
 STEP = "step04"
@@ -80,14 +81,8 @@ BUDGET_SECONDS = 90
 @pytest.fixture(scope="module", autouse=True)
 def grading_time(request):
     """Print how long grading step 04 took (DESIGN §8: under 90 s)."""
-    started = time.monotonic()
-    yield
-    took = time.monotonic() - started
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if capman is not None and reporter is not None:
-        with capman.global_and_fixture_disabled():
-            reporter.write_line(f"\nstep04 채점 시간: {took:.1f}초 (예산 {BUDGET_SECONDS}초)")
+    with harness.report_grading_time(request, "step04", BUDGET_SECONDS):
+        yield
 
 
 @pytest.fixture(scope="module")

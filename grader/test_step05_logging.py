@@ -23,6 +23,7 @@ import pytest
 
 from coursekit.simulator.models import cost_usd
 from grader import logging_support as ls
+from grader import harness
 from grader.harness import (
     blocked,
     check,
@@ -115,14 +116,8 @@ def marker() -> str:
 @pytest.fixture(scope="module", autouse=True)
 def grading_time(request):
     """Print how long grading step 05 took (DESIGN §8: under 90 s)."""
-    started = time.monotonic()
-    yield
-    took = time.monotonic() - started
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if capman is not None and reporter is not None:
-        with capman.global_and_fixture_disabled():
-            reporter.write_line(f"\nstep05 채점 시간: {took:.1f}초 (예산 {BUDGET_SECONDS}초)")
+    with harness.report_grading_time(request, "step05", BUDGET_SECONDS):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import uuid
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
 
 import httpx2
 from fastapi import Depends, FastAPI, Header, HTTPException, Response
