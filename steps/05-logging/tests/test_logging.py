@@ -16,7 +16,7 @@ from conftest import FakeLLM
 os.environ.setdefault("LOG_DIR", tempfile.mkdtemp(prefix="llm-chat-logs-"))
 
 HEADERS = {"X-API-Key": "test-service-key"}
-QUESTION = "비밀 질문 7f3a: 요금제가 어떻게 되나요?"
+QUESTION = "비밀 질문 qz7w: 요금제가 어떻게 되나요?"
 REQUIRED = {"timestamp", "level", "event", "request_id", "trace_id", "span_id", "method", "route", "status", "latency_ms"}
 CHAT_FIELDS = {"model", "prompt_version", "input_tokens", "output_tokens", "cost_usd", "attempts"}
 
@@ -102,11 +102,11 @@ def test_every_request_yields_exactly_one_json_line_with_the_response_request_id
 
 
 def test_log_holds_no_key_no_header_no_prompt_no_answer(client, log_dir, fake_llm):
-    fake_llm.default = "비밀 답 9c1e"
+    fake_llm.default = "비밀 답 qz9v"
     client.post("/chat", json={"message": QUESTION}, headers={**HEADERS, "Authorization": "Bearer tok-5b2d",
                                                                "Cookie": "session=ck-4a1f"})
     text = (log_dir / "app.jsonl").read_text(encoding="utf-8")
-    for secret in ("test-service-key", "test-gemini-key", "tok-5b2d", "ck-4a1f", "7f3a", "9c1e"):
+    for secret in ("test-service-key", "test-gemini-key", "tok-5b2d", "ck-4a1f", "qz7w", "qz9v"):
         assert secret not in text
 
 
@@ -251,7 +251,7 @@ def test_one_scrubbed_sentry_event_per_failed_upstream_chat(client, service, sen
     assert len(events) == 1  # 시도마다(3번)가 아니라 실패한 요청마다
     assert events[0]["tags"]["request_id"] == failed.headers["X-Request-ID"]
     raw = "".join(r.text() for r in sentry.raw())
-    for secret in ("test-service-key", "test-gemini-key", "tok-5b2d", "ck-4a1f", "7f3a", "Authorization"):
+    for secret in ("test-service-key", "test-gemini-key", "tok-5b2d", "ck-4a1f", "qz7w", "Authorization"):
         assert secret not in raw
 
 
@@ -280,9 +280,9 @@ def test_prompt_store_encrypts_decrypts_and_rotates(tmp_path, monkeypatch, capsy
     import prompt_store
 
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
-    prompt_store.append(tmp_path, prompt_store.keyring(old), "req-00000001", QUESTION, "답 9c1e")
+    prompt_store.append(tmp_path, prompt_store.keyring(old), "req-00000001", QUESTION, "답 qz9v")
     text = (tmp_path / "prompts.jsonl").read_text(encoding="utf-8")
-    assert "7f3a" not in text and "9c1e" not in text
+    assert "qz7w" not in text and "qz9v" not in text
     monkeypatch.setenv("LOG_DIR", str(tmp_path))
     monkeypatch.setenv("PROMPT_ENCRYPTION_KEYS", f"{new},{old}")  # 새 키가 먼저, 옛 키로 만든 토큰도 읽힘
     assert prompt_store.main(["show", "req-00000001"]) == 0
@@ -291,7 +291,7 @@ def test_prompt_store_encrypts_decrypts_and_rotates(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("PROMPT_ENCRYPTION_KEYS", new)  # 교체 뒤에는 새 키만으로
     capsys.readouterr()
     assert prompt_store.main(["show", "req-00000001"]) == 0
-    assert json.loads(capsys.readouterr().out)["answer"] == "답 9c1e"
+    assert json.loads(capsys.readouterr().out)["answer"] == "답 qz9v"
     monkeypatch.setenv("PROMPT_ENCRYPTION_KEYS", old)  # 옛 키만으로는 더 이상 안 됨
     assert prompt_store.main(["show", "req-00000001"]) == 1
 
