@@ -1,0 +1,155 @@
+"""메트릭: OpenTelemetry SDK 로 재고, Prometheus 형식으로 내보냅니다 (GET /metrics).
+
+    FastAPI(telemetry=...)          요청마다 http.server.request.duration (지연 시간, 요청 수, 오류) 을 FastAPI 가 기록
+    record_operation()              LLM 호출 한 번의 시간과 실패 종류     gen_ai.client.operation.duration
+    record_usage()                  usage_metadata 의 토큰과 그 비용      gen_ai.client.token.usage, llm.cost.usd
+    record_answer(), record_feedback(), record_judge(), set_drift()      품질 신호 (quality.py 가 계산)
+
+PrometheusMetricReader 가 OpenTelemetry 의 이름을 Prometheus 규칙으로 바꿉니다: 점은 밑줄, 단위 "s" 는 `_seconds`,
+카운터는 `_total` (예: gen_ai.client.operation.duration -> gen_ai_client_operation_duration_seconds).
+라벨(속성)에는 값의 종류가 정해진 것만 씁니다: 질문, 사용자 id, 응답 id, 키는 절대 라벨이 아닙니다.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from pathlib import Path
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+logger = logging.getLogger("llm-chat")
+
+PRICES_PATH = Path(__file__).resolve().parent / "eval" / "prices.toml"
+
+# GenAI 시맨틱 컨벤션이 권하는 LLM 지연 시간 버킷 (초): 0.01 에서 두 배씩 81.92 까지 14개.
+# prometheus_client 의 기본 버킷은 10 초에서, OpenTelemetry SDK 의 기본 버킷은 밀리초용 [0, 5, 10, 25, ...] 라
+# LLM 지연 시간에는 맞지 않습니다.
+LLM_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+# gen_ai.client.token.usage 의 권장 버킷: 1 에서 네 배씩 67108864 (4^13) 까지.
+TOKEN_BUCKETS = [4**i for i in range(14)]
+# 1~5 점 점수 (피드백 점수, 판정 점수): 점수마다 한 버킷.
+SCORE_BUCKETS = [1, 2, 3, 4, 5]
+
+PROVIDER = "gcp.gemini"  # gen_ai.provider.name (시맨틱 컨벤션의 값)
+OPERATION = "chat"       # gen_ai.operation.name
+
+# 읽는 쪽: Prometheus 가 GET /metrics 를 긁어 가면 prometheus_client 의 REGISTRY 가 이 리더의 값을 내보냅니다.
+reader = PrometheusMetricReader()
+# FastAPI 가 만드는 http.server.request.duration 의 버킷은 FastAPI 가 정하므로(10 초까지), View 로 바꿉니다.
+VIEWS = [View(instrument_name="http.server.request.duration",
+              aggregation=ExplicitBucketHistogramAggregation(LLM_BUCKETS))]
+provider = MeterProvider(metric_readers=[reader], views=VIEWS,
+                         resource=Resource.create({"service.name": "llm-chat"}))
+meter = provider.get_meter("llm-chat")
+
+# FastAPI(telemetry=FASTAPI_TELEMETRY): FastAPI 가 이 provider 로 HTTP 메트릭만 기록합니다 (추적과 로그는 끔).
+# /metrics 자신은 세지 않습니다 (Prometheus 가 긁을 때마다 요청 수가 늘면 트래픽이 왜곡됨).
+FASTAPI_TELEMETRY = {
+    "meter_provider": provider,
+    "tracing": False,
+    "logs": False,
+    "operation_spans": False,
+    "exclude": lambda scope: scope.get("path") == "/metrics",
+}
+
+# --- GenAI 시맨틱 컨벤션의 계측기 (이름, 단위, 속성 이름이 컨벤션 그대로) --------------------------------
+operation_duration = meter.create_histogram(
+    "gen_ai.client.operation.duration", unit="s", description="LLM 호출 한 번(재시도 포함)의 시간",
+    explicit_bucket_boundaries_advisory=LLM_BUCKETS)
+token_usage = meter.create_histogram(
+    "gen_ai.client.token.usage", unit="{token}", description="LLM 호출 한 번의 입력/출력 토큰 수",
+    explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
+# 비용에는 단위를 붙이지 않습니다 (이름에 usd): Prometheus 이름은 llm_cost_usd_total.
+cost_usd = meter.create_counter("llm.cost.usd", description="LLM 호출 비용 (USD, eval/prices.toml 의 단가)")
+
+# --- 품질 신호 (quality.py) ---------------------------------------------------------------------------
+answers = meter.create_counter("llm.answers", description="/chat 이 돌려준 답 (refused: 거절 문구가 있는 답)")
+feedback = meter.create_counter("llm.feedback", description="받아들인 사용자 피드백 (rating: up/down)")
+feedback_score = meter.create_histogram("llm.feedback.score", description="피드백의 1~5 점 점수",
+                                        explicit_bucket_boundaries_advisory=SCORE_BUCKETS)
+judge_score = meter.create_histogram("llm.judge.score", description="판정 모델(LLM-as-a-judge)이 매긴 1~5 점",
+                                     explicit_bucket_boundaries_advisory=SCORE_BUCKETS)
+input_drift = meter.create_gauge("llm.input.drift.psi", description="최근 질문 길이 분포의 PSI (기준: 평가 세트)")
+input_drift.set(0.0)
+
+
+def load_prices(path: Path = PRICES_PATH) -> dict[str, tuple[float, float]]:
+    """eval/prices.toml: {모델: (입력 USD/100만 토큰, 출력 USD/100만 토큰)} (03단계의 평가 게이트와 같은 표)."""
+    with open(path, "rb") as fh:
+        models = tomllib.load(fh)["models"]
+    return {name: (float(p["input_usd_per_1m"]), float(p["output_usd_per_1m"])) for name, p in models.items()}
+
+
+PRICES = load_prices()
+
+
+def _model_attrs(model: str) -> dict[str, str]:
+    return {"gen_ai.operation.name": OPERATION, "gen_ai.provider.name": PROVIDER, "gen_ai.request.model": model}
+
+
+def record_operation(model: str, seconds: float, error_type: str | None = None) -> None:
+    """LLM 호출 한 번 (langchain 의 재시도를 포함한 ainvoke 한 번). 실패면 error.type 에 서비스의 오류 코드."""
+    attrs = _model_attrs(model)
+    if error_type is not None:
+        attrs["error.type"] = error_type
+    operation_duration.record(seconds, attrs)
+
+
+def call_cost(model: str, input_tokens: int, output_tokens: int) -> float | None:
+    """토큰의 비용 (USD). 가격표에 없는 모델이면 None."""
+    if model not in PRICES:
+        return None
+    input_price, output_price = PRICES[model]
+    return (input_tokens * input_price + output_tokens * output_price) / 1_000_000
+
+
+_unpriced: set[str] = set()
+
+
+def record_usage(model: str, usage: dict | None) -> None:
+    """성공한 호출의 usage_metadata (input_tokens, output_tokens) 로 토큰 수와 비용을 기록합니다."""
+    usage = usage or {}
+    input_tokens = int(usage.get("input_tokens", 0))
+    # 사고(thinking) 토큰은 output_tokens 에 이미 들어 있습니다 (output_token_details.reasoning 은 그 내역):
+    # 다시 더하면 두 번 세고, 출력 단가로 과금되므로 비용도 부풀려집니다.
+    output_tokens = int(usage.get("output_tokens", 0))
+    attrs = _model_attrs(model)
+    token_usage.record(input_tokens, {**attrs, "gen_ai.token.type": "input"})
+    token_usage.record(output_tokens, {**attrs, "gen_ai.token.type": "output"})
+    cost = call_cost(model, input_tokens, output_tokens)
+    if cost is None:
+        if model not in _unpriced:
+            _unpriced.add(model)
+            logger.warning("eval/prices.toml 에 모델 %s 의 단가가 없어 비용을 기록하지 않습니다", model)
+        return
+    cost_usd.add(cost, {"gen_ai.request.model": model})
+
+
+def record_answer(model: str, refused: bool) -> None:
+    answers.add(1, {"gen_ai.request.model": model, "refused": "true" if refused else "false"})
+
+
+def record_feedback(rating: str, score: int | None) -> None:
+    feedback.add(1, {"rating": rating})
+    if score is not None:
+        feedback_score.record(score)
+
+
+def record_judge(model: str, score: int) -> None:
+    """model = 채점한 답을 낸 모델 (판정 모델이 아님: 판정 호출 자체는 record_operation 에 판정 모델로)."""
+    judge_score.record(score, {"gen_ai.request.model": model})
+
+
+def set_drift(psi: float) -> None:
+    input_drift.set(psi)
+
+
+def metrics_body() -> tuple[bytes, str]:
+    """GET /metrics 의 본문과 Content-Type (Prometheus 텍스트 형식 0.0.4)."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_PLAIN_0_0_4
