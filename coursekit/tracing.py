@@ -58,6 +58,10 @@ __all__ = [
 ]
 
 MLFLOW_VERSION = "3.17.2"
+# A running server to share instead of starting one per MLflowServer (maintainers' test runs: one
+# server for every grading subprocess saves its ~12 s start-up each time). Each user still gets an
+# experiment of its own, so traces never mix.
+SHARED_URL_ENV = "COURSE_MLFLOW_URL"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKEND_DIR = REPO_ROOT / ".venv-mlflow"
 # The folder can be moved (e.g. a shared, prebuilt venv in CI) with COURSE_MLFLOW_VENV.
@@ -294,8 +298,11 @@ class MLflowServer:
     name = "mlflow"
     port_retries = 3
 
-    def __init__(self, *, experiment: str = "llm-chat", timeout: float = 90.0, workers: int = 1):
+    def __init__(self, *, experiment: str = "llm-chat", timeout: float = 90.0, workers: int = 1,
+                 share: bool = True):
         self.experiment_name, self.timeout, self.workers = experiment, timeout, workers
+        self.share = share  # attach to $COURSE_MLFLOW_URL when it is set
+        self.attached = False
         self.port: int = 0
         self.folder: Path | None = None
         self.process: subprocess.Popen | None = None
@@ -315,7 +322,7 @@ class MLflowServer:
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.attached or (self.process is not None and self.process.poll() is None)
 
     @property
     def otlp_endpoint(self) -> str:
@@ -350,6 +357,9 @@ class MLflowServer:
     def start(self) -> MLflowServer:
         if self.alive:
             return self
+        shared = os.environ.get(SHARED_URL_ENV, "").strip() if self.share else ""
+        if shared:
+            return self._attach(shared)
         exe = find_backend()
         if exe is None:
             raise TracingError(f"MLflow {MLFLOW_VERSION} 추적 백엔드(.venv-mlflow)가 없습니다. {INSTALL_HINT}")
@@ -388,6 +398,31 @@ class MLflowServer:
             raise TracingError(f"MLflow 서버가 {what}.\n--- mlflow 로그 (마지막 줄) ---\n{tail}")
         raise AssertionError("unreachable")
 
+    def _attach(self, url: str) -> MLflowServer:
+        """Use the running server at `url` (no process of ours) with a fresh experiment."""
+        import uuid
+
+        try:
+            self.port = int(httpx.URL(url).port or 0)
+        except (ValueError, TypeError):
+            self.port = 0
+        if not self.port:
+            raise TracingError(f"{SHARED_URL_ENV}={url!r} 에서 포트를 읽을 수 없습니다 (예: http://127.0.0.1:5000).")
+        self._client = httpx.Client(base_url=self.url, timeout=30.0)
+        started = time.monotonic()
+        try:
+            ok = self._client.get("/health", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        if not ok:
+            self._client.close()
+            self._client = None
+            raise TracingError(f"{SHARED_URL_ENV}={url} 의 MLflow 서버가 응답하지 않습니다 (/health).")
+        self.attached = True
+        self.startup_seconds = round(time.monotonic() - started, 2)
+        self.experiment_id = self.create_experiment(f"{self.experiment_name}-{uuid.uuid4().hex[:12]}")
+        return self
+
     def _wait_ready(self, deadline: float) -> bool:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -408,6 +443,7 @@ class MLflowServer:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self.attached = False  # a shared server is not ours to stop
         if self.process is not None:
             _stop_group(self.process, grace)
         if self.folder is not None:

@@ -18,6 +18,33 @@ def simulator():
         yield sim
 
 
+@pytest.fixture(scope="session")
+def shared_trace_backend():
+    """One MLflow trace backend for every grading subprocess of the session that needs one (step 05
+    and later): `COURSE_MLFLOW_URL` makes their `MLflowServer` attach to it with an experiment of its
+    own instead of starting a server each (about 12 s each). Absent backend: nothing is shared and
+    each grading run reports the missing tool itself."""
+    import os
+
+    from coursekit import tracing
+
+    if os.environ.get(tracing.SHARED_URL_ENV) or tracing.find_backend() is None:
+        yield None
+        return
+    with tracing.MLflowServer(experiment="shared", share=False) as server:
+        os.environ[tracing.SHARED_URL_ENV] = server.url
+        try:
+            yield server
+        finally:
+            os.environ.pop(tracing.SHARED_URL_ENV, None)
+
+
+def needs_trace_backend(request, step_id: str | None) -> None:
+    """Start (once) the shared trace backend when a test grades step 05 or later."""
+    if step_id and step_id >= "step05":
+        request.getfixturevalue("shared_trace_backend")
+
+
 @pytest.fixture
 def sim(simulator):
     """The session simulator with fresh counters; its config is restored after the test."""

@@ -27,6 +27,16 @@ UNEXPECTED = "채점 중 예상치 못한 오류"
 READY = [s for s in manifest.load().steps if s.status == "ready"]
 
 
+@pytest.fixture(autouse=True)
+def _shared_trace_backend(request):
+    """Grading step 05 and later needs an MLflow backend: one for the whole session (tests/conftest.py)."""
+    from conftest import needs_trace_backend
+
+    callspec = getattr(request.node, "callspec", None)
+    step = callspec.params.get("step") if callspec else None
+    needs_trace_backend(request, getattr(step, "id", None))
+
+
 def run_grader(tmp_path: Path, *args: str, timeout: float = 900) -> tuple[int, dict, str]:
     report = tmp_path / f"report-{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "grader"), "-p", "no:cacheprovider", "-q",

@@ -185,7 +185,10 @@ STILL_HOLDS = [("step03", "step02", ["step02.contract", "step02.health", "step02
 
 
 @pytest.mark.parametrize("later, earlier, checks", STILL_HOLDS, ids=[f"{a}-keeps-{b}" for a, b, _ in STILL_HOLDS])
-def test_later_solution_passes_the_earlier_steps_checks(later, earlier, checks, tmp_path):
+def test_later_solution_passes_the_earlier_steps_checks(later, earlier, checks, tmp_path, request):
+    from conftest import needs_trace_backend
+
+    needs_trace_backend(request, earlier)
     import json
     import shutil
     import subprocess

@@ -47,7 +47,7 @@ EXPORTER = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def mlflow():
     tracing.require_backend("step 05 의 추적 백엔드 테스트")
-    with tracing.MLflowServer(experiment="kit-test") as server:
+    with tracing.MLflowServer(experiment="kit-test", share=False) as server:
         print(f"MLflow 시작: {server.startup_seconds} s")
         yield server
     assert not server.alive
