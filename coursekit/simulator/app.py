@@ -35,7 +35,7 @@ from .models import judge_models, known_models, profile
 from .prompts import rules as prompt_rules
 from .tokens import count_request_tokens, count_tokens, split_tokens
 
-__all__ = ["Simulator", "create_app"]
+__all__ = ["Simulator", "StreamCut", "create_app"]
 
 _ROUTE = re.compile(r"^/(v1beta|v1|v1alpha)/models(?:/([^/:]+)(?::([A-Za-z]+))?)?/?$")
 _ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
@@ -48,6 +48,12 @@ _QUESTION_CHARS = 300       # question text kept per logged request
 _LOG_FIELDS = ("seq", "time", "model", "action", "key", "question", "system_hash", "grounding", "brevity",
                "entry_id", "outcome", "input_tokens", "output_tokens", "thoughts_tokens", "finish_reason",
                "judge_verdict", "judge_score", "traceparent", "request_id")
+
+
+class StreamCut(Exception):
+    """Raised inside the ASGI app after some SSE chunks: uvicorn then closes the connection
+    without the final chunk of the chunked body (what a dropped upstream stream looks like).
+    cli.serve filters its traceback out of the log."""
 
 
 class _Reply(Exception):
@@ -76,6 +82,11 @@ class Simulator:
         self.rng = random.Random(self.config["seed"])
         self.seq = 0
         self.in_flight = 0
+        self.max_in_flight = 0
+        self.active = 0           # requests holding a max_concurrency slot
+        self.queued = 0           # requests waiting for one
+        self.queued_total = 0
+        self.semaphores: dict[str, asyncio.Semaphore] = {}
         self.windows: dict[str, deque] = {}
         self.log: deque[tuple] = deque(maxlen=REQUEST_LOG_SIZE)
         self.counters = {
@@ -88,7 +99,8 @@ class Simulator:
             "by_system": {},
             "judge": {"requests": 0, "verdicts": {}, "score_sum": 0},
             "faults": {"error_429": 0, "error_500": 0, "error_503": 0, "hang": 0, "quota_429": 0,
-                       "malformed": 0},
+                       "malformed": 0, "safety_block": 0, "empty_candidates": 0, "slow_first_token": 0,
+                       "stream_cut": 0},
         }
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -101,11 +113,17 @@ class Simulator:
             self.rng = random.Random(self.config["seed"])
         if "quota_rpm" in clean:
             self.windows.clear()
+        if "max_concurrency" in clean:
+            self.semaphores = {}      # new capacity for new requests; holders release the old one
         return dict(self.config)
 
     def stats(self) -> dict[str, Any]:
         s = orjson.loads(orjson.dumps(self.counters))
         s["in_flight"] = self.in_flight
+        s["max_in_flight"] = self.max_in_flight
+        s["active"] = self.active
+        s["queued"] = self.queued
+        s["queued_total"] = self.queued_total
         s["uptime_seconds"] = round(time.time() - self.started_at, 3)
         return s
 
@@ -170,6 +188,7 @@ class Simulator:
             if len(by_id) > REQUEST_LOG_SIZE:
                 del by_id[next(iter(by_id))]
         self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await self._model_action(scope, receive, send, version, model, action, method)
         except _Reply as r:
@@ -303,6 +322,7 @@ class Simulator:
             win.append(now)
 
         # fault injection (seeded)
+        slow_first, cut, chunk_extra, capacity = 0.0, False, 0.0, None
         fm = self.config["fault_models"]
         if fm is None or model in fm or model.removeprefix("models/") in fm:
             cfg = self.config
@@ -327,6 +347,26 @@ class Simulator:
                 self.counters["faults"]["malformed"] += 1
                 await self._malformed(send, action, model)
                 return
+            # step 06 faults: each drawn only when its rate is > 0 (older seeds keep their order)
+            if cfg["safety_block_rate"] > 0 and self.rng.random() < cfg["safety_block_rate"]:
+                self.counters["faults"]["safety_block"] += 1
+                await self._blocked(send, action, model, contents, system, safety=True)
+                return
+            if cfg["empty_candidates_rate"] > 0 and self.rng.random() < cfg["empty_candidates_rate"]:
+                self.counters["faults"]["empty_candidates"] += 1
+                await self._blocked(send, action, model, contents, system, safety=False)
+                return
+            slow_rate = cfg["slow_first_token_rate"]
+            if cfg["slow_first_token_seconds"] > 0 and slow_rate > 0 and (
+                    slow_rate >= 1 or self.rng.random() < slow_rate):
+                self.counters["faults"]["slow_first_token"] += 1
+                slow_first = cfg["slow_first_token_seconds"]
+            if action == "streamGenerateContent" and cfg["stream_cut_rate"] > 0 \
+                    and self.rng.random() < cfg["stream_cut_rate"]:
+                self.counters["faults"]["stream_cut"] += 1
+                cut = True
+            chunk_extra = cfg["slow_stream_chunk_seconds"]
+            capacity = cfg["max_concurrency"]
 
         prompt = _prompt_text(contents)
         r = prompt_rules(_system_text(system))
@@ -362,19 +402,88 @@ class Simulator:
                   ans.thoughts_tokens, finish) + judged + (
                       _header(scope, b"traceparent") or None, _header(scope, b"x-request-id") or None)
 
+        if cut:
+            record = record[:14] + ("STREAM_CUT",) + record[15:]
+
         ttft, per_token = self._latency(model)
+        sem = None
+        if capacity:
+            sem = self.semaphores.get(model)
+            if sem is None:
+                sem = self.semaphores[model] = asyncio.Semaphore(capacity)
+            if not await self._acquire(sem, receive):
+                self._inc("by_status", "499")   # the caller gave up while queued
+                return
+        try:
+            if action == "generateContent":
+                delay = slow_first + ttft + (out_tokens + ans.thoughts_tokens) * per_token
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                body = {"candidates": [{"content": {"parts": parts or [{"text": text}], "role": "model"},
+                                        "finishReason": finish, "index": 0}],
+                        "usageMetadata": usage, "modelVersion": model, "responseId": rid}
+                self._account(model, usage, record)
+                await self._send(send, 200, orjson.dumps(body))
+                return
+            await self._stream(send, model, text, finish, usage, rid,
+                               slow_first + ttft + ans.thoughts_tokens * per_token, per_token, record, parts,
+                               chunk_extra=chunk_extra, cut=cut)
+        finally:
+            if sem is not None:
+                sem.release()
+                self.active -= 1
+
+    async def _acquire(self, sem: asyncio.Semaphore, receive) -> bool:
+        """Take a max_concurrency slot, waiting in FIFO order (asyncio.Semaphore is fair); False
+        if the client disconnects while waiting (then no slot is held)."""
+        if not sem.locked():
+            await sem.acquire()
+            self.active += 1
+            return True
+        self.queued += 1
+        self.queued_total += 1
+        acq = asyncio.ensure_future(sem.acquire())
+        gone = asyncio.ensure_future(receive())
+        got = False
+        try:
+            while True:
+                await asyncio.wait({acq, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if acq.done():
+                    got = True
+                    return True
+                if gone.result().get("type") == "http.disconnect":
+                    return False
+                gone = asyncio.ensure_future(receive())
+        finally:
+            self.queued -= 1
+            if not gone.done():
+                gone.cancel()
+            if not got:
+                if acq.cancel() is False and not acq.cancelled() and acq.exception() is None:
+                    sem.release()       # acquired in the same instant the client left
+            else:
+                self.active += 1
+
+    async def _blocked(self, send, action, model, contents, system, safety: bool):
+        """HTTP 200 without an answer: a candidate stopped by the safety filter (finishReason
+        SAFETY, no content, one rating blocked) or an empty candidate list. Not logged in
+        /_sim/requests, no tokens counted; the fault counters count it."""
+        pt = count_request_tokens(contents, system)
+        usage = {"promptTokenCount": pt, "totalTokenCount": pt,
+                 "promptTokensDetails": [{"modality": "TEXT", "tokenCount": pt}]}
+        cands = []
+        if safety:
+            cands = [{"finishReason": "SAFETY", "index": 0, "safetyRatings": [
+                {"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "NEGLIGIBLE"},
+                {"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "NEGLIGIBLE"},
+                {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
+                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]}]
+        body = orjson.dumps({"candidates": cands, "usageMetadata": usage, "modelVersion": model,
+                             "responseId": "blocked-" + str(self.counters["requests_total"])})
         if action == "generateContent":
-            delay = ttft + (out_tokens + ans.thoughts_tokens) * per_token
-            if delay > 0:
-                await asyncio.sleep(delay)
-            body = {"candidates": [{"content": {"parts": parts or [{"text": text}], "role": "model"},
-                                    "finishReason": finish, "index": 0}],
-                    "usageMetadata": usage, "modelVersion": model, "responseId": rid}
-            self._account(model, usage, record)
-            await self._send(send, 200, orjson.dumps(body))
-            return
-        await self._stream(send, model, text, finish, usage, rid, ttft + ans.thoughts_tokens * per_token, per_token,
-                           record, parts)
+            await self._send(send, 200, body)
+        else:
+            await self._send(send, 200, b"data: " + body + b"\r\n\r\n", headers=_SSE_HEADERS)
 
     async def _malformed(self, send, action, model):
         """HTTP 200 whose body is a GenerateContentResponse cut in half (invalid JSON): the real
@@ -388,7 +497,8 @@ class Simulator:
         else:
             await self._send(send, 200, b"data: " + cut + b"\r\n\r\n", headers=_SSE_HEADERS)
 
-    async def _stream(self, send, model, text, finish, usage, rid, first_delay, per_token, record, parts=None):
+    async def _stream(self, send, model, text, finish, usage, rid, first_delay, per_token, record, parts=None,
+                      chunk_extra: float = 0.0, cut: bool = False):
         pieces = split_tokens(text) if parts is None else []
         chunks: list[tuple[str, int]] = []
         buf, n = [], 0
@@ -405,8 +515,17 @@ class Simulator:
         if first_delay > 0:
             await asyncio.sleep(first_delay)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        if cut:   # about half of the answer, never its last chunk, then the connection drops
+            if len(chunks) == 1:
+                head = chunks[0][0][: len(chunks[0][0]) // 2]
+                chunks = [(head, count_tokens(head)), ("", 0)]
+            chunks = chunks[: max(1, len(chunks) // 2)] + [("", 0)]
         last = len(chunks) - 1
         for i, (piece, ntok) in enumerate(chunks):
+            if cut and i == last:
+                raise StreamCut(f"stream_cut after {i} chunks")
+            if i > 0 and chunk_extra > 0:
+                await asyncio.sleep(chunk_extra)
             if per_token > 0 and ntok:
                 await asyncio.sleep(ntok * per_token)
             cand: dict = {"content": {"parts": parts or [{"text": piece}], "role": "model"}, "index": 0}

@@ -7,6 +7,7 @@ Precedence: built-in defaults < SIM_* environment variables < flags.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -29,6 +30,16 @@ _FLAG_HELP = {
     "quota_rpm": "API 키마다 분당 허용 요청 수 (넘으면 429), 0 이면 제한 없음 [env SIM_QUOTA_RPM]",
     "valid_keys": "허용할 API 키 목록(쉼표 구분). 없으면 비어 있지 않은 모든 키 허용 [env SIM_VALID_KEYS]",
     "fault_models": "장애를 주입할 모델 목록(쉼표 구분). 없으면 모든 모델 [env SIM_FAULT_MODELS]",
+    "safety_block_rate": "HTTP 200 이지만 안전 필터에 막힌(finishReason SAFETY, 텍스트 없음) 답을 돌려줄 확률 0..1 "
+                         "[env SIM_SAFETY_BLOCK_RATE]",
+    "empty_candidates_rate": "HTTP 200 이지만 candidates 가 빈 목록인 답을 돌려줄 확률 0..1 [env SIM_EMPTY_CANDIDATES_RATE]",
+    "slow_first_token_seconds": "첫 바이트 전에 더 기다릴 시간(초, 기본 0 = 끔) [env SIM_SLOW_FIRST_TOKEN_SECONDS]",
+    "slow_first_token_rate": "slow_first_token_seconds 를 적용할 요청의 비율 0..1 (기본 1) "
+                             "[env SIM_SLOW_FIRST_TOKEN_RATE]",
+    "slow_stream_chunk_seconds": "스트림 조각 사이에 더 기다릴 시간(초, 기본 0) [env SIM_SLOW_STREAM_CHUNK_SECONDS]",
+    "stream_cut_rate": "스트림이 답 중간에 연결이 끊길 확률 0..1 [env SIM_STREAM_CUT_RATE]",
+    "max_concurrency": "모델마다 동시에 생성하는 요청 수 상한 (넘으면 시뮬레이터 안에서 차례로 대기), "
+                       "0 이면 상한 없음 [env SIM_MAX_CONCURRENCY]",
 }
 
 
@@ -48,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quota-rpm", type=int, default=None, help=_FLAG_HELP["quota_rpm"])
     parser.add_argument("--valid-keys", default=None, help=_FLAG_HELP["valid_keys"])
     parser.add_argument("--fault-models", default=None, help=_FLAG_HELP["fault_models"])
+    for name in ("safety_block_rate", "empty_candidates_rate", "slow_first_token_seconds", "slow_first_token_rate",
+                 "slow_stream_chunk_seconds", "stream_cut_rate"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=_FLAG_HELP[name])
+    parser.add_argument("--max-concurrency", type=int, default=None, help=_FLAG_HELP["max_concurrency"])
     parser.add_argument("--log-level", default="warning", help="uvicorn 로그 수준 (기본 warning)")
     return parser
 
@@ -71,11 +86,20 @@ def serve(host: str = "127.0.0.1", port: int = 8765, fd: int | None = None,
                           access_log=False, log_level=log_level, timeout_graceful_shutdown=2,
                           backlog=4096, timeout_keep_alive=30)
     server = uvicorn.Server(ucfg)
+    logging.getLogger("uvicorn.error").addFilter(_drop_stream_cut)
     if fd is not None:
         sock = socket.socket(fileno=fd)
         server.run(sockets=[sock])
     else:
         server.run()
+
+
+def _drop_stream_cut(record: logging.LogRecord) -> bool:
+    """stream_cut is an injected fault, not a simulator bug: keep its traceback out of the log."""
+    from .app import StreamCut
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, StreamCut)
 
 
 SIM_KEY = "sim-any-key"  # the one documented placeholder for GOOGLE_API_KEY with the simulator

@@ -22,6 +22,15 @@ DEFAULTS: dict[str, Any] = {
     "quota_rpm": None,          # int per API key, or None
     "valid_keys": None,         # list of keys, or None = any non-empty key
     "fault_models": None,       # list of model names, or None = all models
+    # step 06: what production upstreams also do (all off by default; seeded draws happen
+    # only when a rate is > 0, so existing seeds keep their fault order)
+    "safety_block_rate": 0.0,   # HTTP 200, candidate finishReason SAFETY, no text
+    "empty_candidates_rate": 0.0,   # HTTP 200 with "candidates": []
+    "slow_first_token_seconds": 0.0,    # extra wait before the first byte (unary and stream)
+    "slow_first_token_rate": 1.0,       # share of requests that get that wait (when seconds > 0)
+    "slow_stream_chunk_seconds": 0.0,   # extra wait before every stream chunk after the first
+    "stream_cut_rate": 0.0,     # a stream whose connection closes mid-answer
+    "max_concurrency": None,    # int: requests generated at once per model; the rest wait (FIFO)
 }
 
 
@@ -65,7 +74,7 @@ def _coerce(key: str, value: Any) -> Any:
             if value not in ("zero", "realistic"):
                 raise ConfigError("'zero' 또는 'realistic' 이어야 합니다")
             return value
-        if key in ("latency_scale", "hang_seconds"):
+        if key in ("latency_scale", "hang_seconds", "slow_first_token_seconds", "slow_stream_chunk_seconds"):
             if isinstance(value, bool):
                 raise ConfigError("0 이상의 숫자여야 합니다")
             v = float(value)
@@ -78,7 +87,7 @@ def _coerce(key: str, value: Any) -> Any:
             return int(value)
         if key.endswith("_rate"):
             return _rate(value)
-        if key == "quota_rpm":
+        if key in ("quota_rpm", "max_concurrency"):
             if value is None or value == "" or (isinstance(value, str) and value.lower() in ("none", "null", "0")):
                 return None
             if isinstance(value, bool):
