@@ -1,0 +1,168 @@
+"""Helpers of the step 06 grader: single requests and bursts over HTTP(S), the documented error JSON,
+rate-limit headers, the per-request rows the grader's Locust scenario writes, and the "fleet"
+(Redis, two replicas, the learner's nginx fragment, a test CA) built from the kit's components.
+
+Nothing here reads the learner's folder by itself except the fragment path the grader passes in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FRAGMENT = Path("balancer") / "nginx.conf.template"
+RATELIMIT_FIELD = re.compile(r"(?:^|[,;\s])(limit|remaining|reset)\s*=\s*(\d+)")
+
+
+# --------------------------------------------------------------------------- one request
+@dataclass
+class Reply:
+    """What one request got back (status 0 = no HTTP answer: `error` says why)."""
+
+    status: int
+    seconds: float
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    error: str | None = None
+    rid: str | None = None           # X-Request-ID the grader sent
+
+    @property
+    def code(self) -> str | None:
+        return error_code(self.body)
+
+    def short(self) -> str:
+        if self.status == 0:
+            return f"응답 없음 ({self.error}, {self.seconds:.2f}초)"
+        what = f"HTTP {self.status}"
+        if self.code:
+            what += f" {self.code}"
+        elif self.status != 200:
+            text = json.dumps(self.body, ensure_ascii=False) if self.body is not None else "(JSON 아님)"
+            what += f" 본문 {text[:120]}"
+        return f"{what} ({self.seconds:.2f}초)"
+
+
+def error_code(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        code = body["error"].get("code")
+        return code if isinstance(code, str) else None
+    return None
+
+
+def documented_error(body: Any) -> bool:
+    """The course's error JSON (step 02 contract): {"error": {"code": str, "message": str}}."""
+    return (isinstance(body, dict) and isinstance(body.get("error"), dict)
+            and isinstance(body["error"].get("code"), str) and isinstance(body["error"].get("message"), str))
+
+
+def request(client: httpx.Client, method: str, url: str, *, timeout: float, rid: str | None = None,
+            **kw) -> Reply:
+    headers = dict(kw.pop("headers", None) or {})
+    if rid:
+        headers["X-Request-ID"] = rid
+    started = time.monotonic()
+    try:
+        resp = client.request(method, url, headers=headers, timeout=timeout, **kw)
+    except httpx.HTTPError as exc:
+        return Reply(0, time.monotonic() - started, error=f"{type(exc).__name__}: {exc}"[:200], rid=rid)
+    seconds = time.monotonic() - started
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    return Reply(resp.status_code, seconds, {k.lower(): v for k, v in resp.headers.items()}, body, rid=rid)
+
+
+def chat(client: httpx.Client, base_url: str, key: str | None, message: str, *, timeout: float,
+         rid: str | None = None) -> Reply:
+    headers = {"X-API-Key": key} if key is not None else {}
+    return request(client, "POST", f"{base_url}/chat", timeout=timeout, rid=rid, headers=headers,
+                   json={"message": message})
+
+
+def burst(base_url: str, key: str, n: int, concurrency: int, *, timeout: float, verify: Any = True,
+          message: str = "요금제 알려 주세요") -> list[Reply]:
+    """n concurrent POST /chat with one key (`concurrency` threads, each its own connection pool)."""
+    def worker(i: int) -> list[Reply]:
+        out = []
+        with httpx.Client(verify=verify) as client:
+            for j in range(i, n, concurrency):
+                out.append(chat(client, base_url, key, f"{message} (버스트 {j})", timeout=timeout))
+        return out
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return [r for part in pool.map(worker, range(concurrency)) for r in part]
+
+
+def retry_after_ok(value: str | None) -> bool:
+    """Retry-After as delay-seconds: an integer >= 1 (RFC 9110 §10.2.3; 0 invites a retry storm)."""
+    return value is not None and value.strip().isdigit() and int(value.strip()) >= 1
+
+
+def ratelimit_fields(value: str | None) -> dict[str, int]:
+    """`RateLimit: limit=12, remaining=0, reset=57` (IETF draft style) -> {"limit": 12, ...}."""
+    if not value:
+        return {}
+    return {m.group(1): int(m.group(2)) for m in RATELIMIT_FIELD.finditer(value)}
+
+
+def count_by(replies: list[Reply]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in replies:
+        key = str(r.status) if r.status else "응답 없음"
+        if r.code:
+            key += f" {r.code}"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --------------------------------------------------------------------------- Locust rows
+def read_rows(path: Path) -> list[dict]:
+    """The rows the grader's Locust scenario (scenarios/step06_chat.py) wrote, one per response."""
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def statuses(rows: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        key = str(r.get("status") or "응답 없음")
+        if r.get("code"):
+            key += f" {r['code']}"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------- replica logs
+def request_lines(text: str) -> list[dict]:
+    """JSON lines with event=request in a replica's output (step 05's one line per request)."""
+    out = []
+    for raw in text.splitlines():
+        raw = raw.strip()
+        if not raw.startswith("{"):
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get("event") == "request":
+            out.append(obj)
+    return out

@@ -1,0 +1,635 @@
+"""Step 06 채점 (1부): 데드라인 있는 재시도, 재시도하지 않을 오류, Fallback, API 키별 Rate Limiting (Redis 공유),
+Redis 장애, 부하 차단, 우아한 종료와 롤링 재시작, TLS, 로드 밸런서.
+
+학습자의 서비스를 실제 uvicorn 프로세스로 띄웁니다 (기본값이 아닌 설정: 시도 3번, 데드라인 2.2초, 기본이 아닌
+Fallback 모델, 분당 12번 한도, 작은 동시 처리 한도). 뒤에는 채점기의 Gemini 시뮬레이터가 장애(429/503, 멈춤, 400,
+SAFETY 차단, 깨진 본문, 빈 후보, 처리 용량)를 주입합니다. 복제본 두 개는 학습자의 nginx 조각
+(balancer/nginx.conf.template)을 쓴 진짜 nginx 뒤에 두고, 한도는 진짜 redis-server 에 둡니다. 부하는 Locust 를
+하위 프로세스로 돌립니다. 숫자는 모두 채점기가 직접 세거나 시뮬레이터의 집계와 비교합니다.
+
+긴 부하 전에는 언제나 싼 확인 요청을 먼저 보냅니다: 손대지 않은 스타터는 몇 초 안에 실패합니다.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from grader import harness
+from grader import optimization_support as osup
+from grader.harness import (
+    blocked,
+    check,
+    copy_step,
+    fail,
+    record,
+    run_locust,
+    run_service,
+)
+
+STEP = "step06"
+BUDGET_SECONDS = 120
+
+PRIMARY = "gemini-3.5-flash"
+FALLBACK = "gemini-2.0-flash-lite"       # 기본값(gemini-3.5-flash-lite)이 아닌 Fallback 모델: 박아 둔 이름이 드러남
+MAX_ATTEMPTS = 3                         # LLM_MAX_ATTEMPTS (기본 2)
+DEADLINE = 2.2                           # REQUEST_DEADLINE_SECONDS (기본 2.5)
+SLACK = 0.5                              # 데드라인 위로 허용하는 여유 (프로세스, 네트워크)
+ATTEMPT_BOUND = 2 * MAX_ATTEMPTS         # 주 모델 LLM_MAX_ATTEMPTS + Fallback 모델 LLM_MAX_ATTEMPTS
+LIMIT = 12                               # RATE_LIMIT="12/minute"
+BURST = 10 * LIMIT
+MAX_IN_FLIGHT = 3                        # 부하 차단 검사의 MAX_IN_FLIGHT (기본 32)
+UPSTREAM_CAPACITY = 3                    # 시뮬레이터 max_concurrency (모델마다)
+HIGH_LIMIT = "100000/minute"             # 한도를 보지 않는 검사의 RATE_LIMIT
+
+SERVICE_KEY = "svc-a-" + secrets.token_hex(12)
+OTHER_KEYS = ["svc-" + n + "-" + secrets.token_hex(10) for n in ("b", "c", "d", "e")]
+KEY_B, KEY_C, KEY_D, KEY_E = OTHER_KEYS
+GOOGLE_KEY = "grader-gemini-" + secrets.token_hex(8)
+QUESTION = "하늘클라우드 요금제는 어떻게 되나요?"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def grading_time(request):
+    """Print how long grading step 06 took (issue: part 1 under 2 minutes)."""
+    with harness.report_grading_time(request, "step06", BUDGET_SECONDS):
+        yield
+
+
+def base_env(simulator, tmp: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "SERVICE_API_KEY": SERVICE_KEY,
+        "SERVICE_API_KEYS": ",".join(OTHER_KEYS),
+        "GOOGLE_API_KEY": GOOGLE_KEY,
+        "GOOGLE_GEMINI_BASE_URL": simulator.base_url,
+        "LLM_MODEL": PRIMARY,
+        "LLM_TIMEOUT_SECONDS": "10",
+        "LLM_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        "REQUEST_DEADLINE_SECONDS": str(DEADLINE),
+        "FALLBACK_MODEL": FALLBACK,
+        "CIRCUIT_FAIL_MAX": "100",
+        "CIRCUIT_RESET_SECONDS": "30",
+        "RATE_LIMIT": HIGH_LIMIT,
+        "MAX_IN_FLIGHT": "200",
+        "JUDGE_SAMPLE_RATE": "0",
+        "LOG_DIR": str(tmp / "service-logs"),
+        "LOG_LEVEL": "INFO",
+        "OTEL_SDK_DISABLED": "true",
+    }
+    env.update(extra)
+    return env
+
+
+# Fault settings back to "no fault" (the simulator of the grading session starts without faults).
+CLEAN = {"valid_keys": None, "safety_block_rate": 0.0, "malformed_rate": 0.0, "empty_candidates_rate": 0.0,
+         "hang_rate": 0.0, "error_503_rate": 0.0, "error_429_rate": 0.0, "fault_models": None}
+
+
+def rid(tag: str) -> str:
+    return f"grader-{tag}-{secrets.token_hex(6)}"
+
+
+def attempts_of(sim, request_id: str) -> int:
+    return int((sim.stats().get("by_request_id") or {}).get(request_id, 0))
+
+
+def model_calls(sim) -> dict[str, int]:
+    return dict(sim.stats().get("by_model") or {})
+
+
+@dataclass
+class Single:
+    """One replica of the learner's service for the checks that need no balancer."""
+
+    svc: Any
+    client: httpx.Client
+
+    def chat(self, tag: str, timeout: float = DEADLINE + 1.5, key: str | None = SERVICE_KEY) -> osup.Reply:
+        return osup.chat(self.client, self.svc.base_url, key, QUESTION, timeout=timeout, rid=rid(tag))
+
+
+def single(step_dir, tmp_path_factory, simulator, label: str, **extra: str):
+    root = tmp_path_factory.mktemp(f"step06-{label}")
+    graded = copy_step(step_dir, root)
+    simulator.reset(config=True)
+    with run_service(graded, env=base_env(simulator, root, **extra), name=f"{graded.name} ({label})") as svc, \
+            httpx.Client() as client:
+        yield Single(svc, client)
+    simulator.reset(config=True)
+
+
+def within(reply: osup.Reply) -> bool:
+    return reply.status != 0 and reply.seconds <= DEADLINE + SLACK
+
+
+# =========================================================================== retries with a deadline
+@pytest.fixture(scope="module")
+def retry_service(step_dir, tmp_path_factory, simulator):
+    yield from single(step_dir, tmp_path_factory, simulator, "재시도 검사용", CIRCUIT_FAIL_MAX="20")
+
+
+@check("step06.retry_deadline")
+def test_retry_deadline(retry_service, simulator, tmp_path):
+    s = retry_service
+    # 1) 싼 확인: 업스트림(모든 모델)이 멈추면 데드라인 안에 깔끔한 오류. 데드라인이 없으면 여기서 바로 실패합니다.
+    simulator.configure(hang_rate=1.0, hang_seconds=30)
+    try:
+        hung = s.chat("hang")
+    finally:
+        simulator.configure(hang_rate=0.0)
+    record("hang_seconds", round(hung.seconds, 2))
+    if not within(hung) or hung.status == 200 or hung.status == 500 or not osup.documented_error(hung.body):
+        fail(expected=f"업스트림이 멈춰도 REQUEST_DEADLINE_SECONDS={DEADLINE} 안에 (+{SLACK}초) 502/503/504 오류 JSON",
+             measured=hung.short(),
+             hint="lesson.ipynb §2 '데드라인 있는 재시도' — 요청 하나의 전체 예산(REQUEST_DEADLINE_SECONDS)을 "
+                  "정하고, 시도마다 asyncio.timeout(남은 시간) 을 거세요. 남은 시간이 없으면 재시도하지 않습니다.")
+    n = attempts_of(simulator, hung.rid)
+    if n > ATTEMPT_BOUND:
+        fail(expected=f"요청 하나당 업스트림 시도 {ATTEMPT_BOUND}번 이하 (주 모델 {MAX_ATTEMPTS} + Fallback {MAX_ATTEMPTS})",
+             measured=f"{n}번 (멈춘 업스트림)")
+
+    # 2) 부하: 429/503 20 %, 현실적인 지연, 사용자 50명.
+    results = tmp_path / "rows.jsonl"
+    simulator.reset()
+    simulator.configure(latency="realistic", error_429_rate=0.1, error_503_rate=0.1)
+    try:
+        res = run_locust("step06_chat.py", s.svc.base_url, users=50, spawn_rate=50, run_time_s=10,
+                         env={"GRADER_SERVICE_KEYS": SERVICE_KEY, "GRADER_RESULTS_FILE": str(results)})
+        by_id = dict(simulator.stats().get("by_request_id") or {})
+    finally:
+        simulator.configure(latency="zero", error_429_rate=0.0, error_503_rate=0.0)
+    rows = osup.read_rows(results)
+    ok = sum(1 for r in rows if r.get("status") == 200)
+    rate = ok / len(rows) if rows else 0.0
+    worst = max(by_id.values(), default=0)
+    record("requests", res.requests)
+    record("success_rate", round(rate, 4))
+    record("p95_s", round(res.p95, 2))
+    record("max_attempts_per_request", worst)
+    if not rows:
+        fail(expected="부하 중 응답", measured=res.summary())
+    if rate < 0.995:
+        fail(expected="업스트림 429/503 20 % 에서 성공률 99.5 % 이상 (재시도와 Fallback 으로 가림)",
+             measured=f"{rate:.1%} ({ok}/{len(rows)}), 응답 {osup.statuses(rows)}; {res.summary()}")
+    if res.p95 >= 3.0:
+        fail(expected="p95 < 3초", measured=res.summary())
+    if worst > ATTEMPT_BOUND:
+        over = sum(1 for v in by_id.values() if v > ATTEMPT_BOUND)
+        fail(expected=f"요청 하나당 업스트림 시도 {ATTEMPT_BOUND}번 이하 (시뮬레이터가 X-Request-ID 별로 셈)",
+             measured=f"최대 {worst}번, 상한을 넘은 요청 {over}개",
+             hint="lesson.ipynb §2 '데드라인 있는 재시도' — SDK 재시도는 끄고(max_retries=1) 재시도는 한 곳에서만, "
+                  "LLM_MAX_ATTEMPTS 번까지 하세요. 두 겹으로 쌓으면 시도가 곱해집니다.")
+
+
+# =========================================================================== errors never retried
+@pytest.fixture(scope="module")
+def plain_service(step_dir, tmp_path_factory, simulator):
+    yield from single(step_dir, tmp_path_factory, simulator, "오류 처리 검사용")
+
+
+@check("step06.no_retry")
+def test_no_retry(plain_service, simulator):
+    s = plain_service
+    problems: list[str] = []
+    cases = [
+        ("잘못된 요청/키 (업스트림 400)", {"valid_keys": ["grader-not-your-key"]}, 1, None),
+        ("SAFETY 차단", {"safety_block_rate": 1.0}, 1, 422),
+        ("깨진 200 본문", {"malformed_rate": 1.0}, ATTEMPT_BOUND, 502),
+        ("빈 후보 목록", {"empty_candidates_rate": 1.0}, ATTEMPT_BOUND, 502),
+    ]
+    seen = {}
+    for name, faults, max_attempts, want_status in cases:
+        simulator.configure(**faults)
+        try:
+            r = s.chat("noretry")
+            n = attempts_of(simulator, r.rid)
+        finally:
+            simulator.configure(**{k: CLEAN[k] for k in faults})
+        seen[name] = f"{r.short()}, 시도 {n}번"
+        if r.status == 0 or r.status == 200 or r.status >= 500 and r.status not in (502, 503, 504):
+            problems.append(f"{name}: {r.short()} (200 도 500 도 아닌, 문서화된 4xx/5xx 오류 JSON 이어야 함)")
+        elif not osup.documented_error(r.body):
+            problems.append(f"{name}: HTTP {r.status} 본문이 {{\"error\": {{\"code\", \"message\"}}}} JSON 이 아님")
+        elif want_status is not None and r.status != want_status:
+            problems.append(f"{name}: HTTP {r.status} {r.code} (기대 {want_status})")
+        if n > max_attempts:
+            problems.append(f"{name}: 업스트림 시도 {n}번 (기대 {max_attempts}번 이하"
+                            + (": 재시도해도 같은 답이 나오는 오류는 재시도하지 않음)" if max_attempts == 1 else ")"))
+        elif n == 0 and r.status != 0:
+            problems.append(f"{name}: 업스트림을 한 번도 부르지 않음")
+        if r.seconds > DEADLINE + SLACK:
+            problems.append(f"{name}: {r.seconds:.2f}초 (데드라인 {DEADLINE}초 + {SLACK}초 초과)")
+    record("cases", seen)
+    if problems:
+        fail(expected="400 과 SAFETY 차단은 한 번만 시도하고 문서화된 오류(예: 502 upstream_bad_request, "
+                      "422 content_blocked), 깨진 본문과 빈 후보는 502 오류 JSON (500 아님)",
+             measured="; ".join(problems))
+
+
+# =========================================================================== fallback
+@pytest.fixture(scope="module")
+def fallback_service(step_dir, tmp_path_factory, simulator):
+    yield from single(step_dir, tmp_path_factory, simulator, "Fallback 검사용", CIRCUIT_FAIL_MAX="3")
+
+
+def marked_fallback(r: osup.Reply) -> str | None:
+    """None when `r` is an answer of the fallback model, marked; else what is wrong."""
+    if r.status != 200:
+        return r.short()
+    body = r.body if isinstance(r.body, dict) else {}
+    if body.get("fallback") is not True or body.get("model") != FALLBACK:
+        return (f"200 이지만 표시가 없음: fallback={body.get('fallback')!r}, model={body.get('model')!r} "
+                f"(기대 fallback=true, model={FALLBACK!r})")
+    return None
+
+
+@check("step06.fallback")
+def test_fallback(fallback_service, simulator):
+    s = fallback_service
+    problems: list[str] = []
+    # a) 주 모델이 멈춤: 주 모델에 데드라인에서 FALLBACK_RESERVE 를 뺀 시간만 주고 Fallback 으로 답함.
+    simulator.configure(fault_models=[PRIMARY], hang_rate=1.0, hang_seconds=30)
+    hang = [s.chat("fb-hang")]
+    why = marked_fallback(hang[0]) or (None if within(hang[0]) else f"{hang[0].seconds:.2f}초")
+    if why:  # 싼 확인: 첫 요청부터 Fallback 이 없으면 나머지는 보내지 않습니다.
+        simulator.reset(config=True)
+        fail(expected=f"주 모델이 멈추면 {DEADLINE}+{SLACK}초 안에 Fallback 모델({FALLBACK})의 답, 응답에 표시 "
+                      "(model, fallback=true)",
+             measured=f"주 모델이 멈춤: {why}")
+    hang.append(s.chat("fb-hang"))
+    # b) 주 모델이 완전히 다운 (503): Fallback 이 답하고, 서킷이 열리면 주 모델을 아예 부르지 않음.
+    simulator.configure(hang_rate=0.0, error_503_rate=1.0)
+    down, primary_calls = [], []
+    for _ in range(6):
+        before = model_calls(simulator).get(PRIMARY, 0)
+        down.append(s.chat("fb-down"))
+        primary_calls.append(model_calls(simulator).get(PRIMARY, 0) - before)
+    # c) 둘 다 다운: 데드라인 안에 깔끔한 오류 JSON.
+    simulator.configure(fault_models=None)
+    both = [s.chat("fb-both") for _ in range(2)]
+    simulator.reset(config=True)
+    record("hang", [r.short() for r in hang])
+    record("down", [r.short() for r in down])
+    record("primary_calls", primary_calls)
+    record("both_down", [r.short() for r in both])
+
+    for name, group in (("주 모델이 멈춤", hang), ("주 모델 다운(503)", down)):
+        for r in group:
+            why = marked_fallback(r)
+            if why:
+                problems.append(f"{name}: {why}")
+            elif not within(r):
+                problems.append(f"{name}: {r.seconds:.2f}초 (데드라인 {DEADLINE}초 + {SLACK}초 초과)")
+    if not problems and any(primary_calls[-3:]):
+        problems.append(f"CIRCUIT_FAIL_MAX=3 인데 주 모델이 다운된 뒤 요청마다 주 모델 호출 {primary_calls} "
+                        f"(서킷이 열리면 마지막 요청들은 0 이어야 함)")
+    for r in both:
+        if r.status in (0, 200, 500) or not osup.documented_error(r.body) or not within(r):
+            problems.append(f"두 모델 모두 다운: {r.short()} (기대: {DEADLINE}+{SLACK}초 안에 503 오류 JSON)")
+    if problems:
+        fail(expected=f"주 모델이 멈추거나 다운되면 {DEADLINE}+{SLACK}초 안에 Fallback({FALLBACK}) 이 답하고 "
+                      "응답에 표시(model, fallback=true), 둘 다 다운이면 깔끔한 503 JSON",
+             measured="; ".join(problems[:4]) + (f" 외 {len(problems) - 4}건" if len(problems) > 4 else ""))
+    metrics = s.client.get(f"{s.svc.base_url}/metrics", timeout=5).text
+    lines = [ln for ln in metrics.splitlines() if ln.startswith("llm_fallbacks_total{")]
+    total = sum(float(ln.rsplit(" ", 1)[-1]) for ln in lines)
+    record("llm_fallbacks_total", total)
+    if total < len(hang) + len(down):
+        fail(expected=f"/metrics 의 llm_fallbacks_total 합 >= Fallback 으로 답한 요청 {len(hang) + len(down)}개",
+             measured=f"{total:g} ({len(lines)}개 시계열)",
+             hint="lesson.ipynb §3 '서킷 브레이커와 Fallback' — Fallback 으로 답할 때마다 "
+                  "llm_fallbacks_total{gen_ai_request_model, reason} 을 1 올리세요 (reason=error|timeout|circuit_open).")
+
+
+# =========================================================================== load shedding
+@pytest.fixture(scope="module")
+def shed_service(step_dir, tmp_path_factory, simulator):
+    yield from single(step_dir, tmp_path_factory, simulator, "부하 차단 검사용", MAX_IN_FLIGHT=str(MAX_IN_FLIGHT))
+
+
+def shed_problems(rows: list[dict]) -> list[str]:
+    bad = []
+    for r in rows:
+        if r.get("status") == 200:
+            continue
+        if r.get("status") != 503 or r.get("code") != "overloaded":
+            bad.append(f"HTTP {r.get('status') or '응답 없음'} {r.get('code') or ''} ({r.get('seconds', 0):.2f}초)")
+        elif not osup.retry_after_ok(r.get("retry_after")):
+            bad.append(f"503 overloaded 에 Retry-After 없음/잘못됨 ({r.get('retry_after')!r})")
+        elif r.get("seconds", 0) > 0.5:
+            bad.append(f"503 overloaded 가 {r['seconds']:.2f}초 뒤 (즉시가 아님)")
+    return bad
+
+
+@check("step06.load_shedding")
+def test_load_shedding(shed_service, simulator, tmp_path):
+    s = shed_service
+    simulator.configure(latency="realistic", max_concurrency=UPSTREAM_CAPACITY)
+    try:
+        # 1) 싼 확인: 동시에 MAX_IN_FLIGHT 의 4배를 보내면 넘친 요청은 바로 503 overloaded.
+        n = MAX_IN_FLIGHT * 4
+        probe = osup.burst(s.svc.base_url, SERVICE_KEY, n, n, timeout=DEADLINE + 2.5)
+        rows = [{"status": r.status, "code": r.code, "retry_after": r.headers.get("retry-after"),
+                 "seconds": r.seconds} for r in probe]
+        record("probe", osup.count_by(probe))
+        bad = shed_problems(rows)
+        if bad or not any(r["code"] == "overloaded" for r in rows):
+            fail(expected=f"MAX_IN_FLIGHT={MAX_IN_FLIGHT} 를 넘는 동시 요청은 기다리지 않고 바로 503 overloaded "
+                          "+ Retry-After",
+                 measured=f"동시 요청 {n}개: {osup.count_by(probe)}" + (f"; {bad[0]}" if bad else ""))
+        # 2) 부하: 사용자 30명이 쉬지 않고.
+        results = tmp_path / "rows.jsonl"
+        res = run_locust("step06_chat.py", s.svc.base_url, users=30, spawn_rate=30, run_time_s=8,
+                         env={"GRADER_SERVICE_KEYS": SERVICE_KEY, "GRADER_RESULTS_FILE": str(results)})
+    finally:
+        simulator.configure(latency="zero", max_concurrency=None)
+    rows = osup.read_rows(results)
+    record("load", osup.statuses(rows))
+    record("p95_s", round(res.p95, 2))
+    bad = shed_problems(rows)
+    if not any(r.get("status") == 200 for r in rows):
+        fail(expected="과부하에서도 용량만큼은 200", measured=f"{osup.statuses(rows)}; {res.summary()}")
+    if bad:
+        fail(expected="과부하에서 200 이 아닌 응답은 모두 즉시(0.5초 안) 503 overloaded + Retry-After",
+             measured=f"{len(bad)}개: {bad[0]} (전체 {osup.statuses(rows)})")
+    if res.p95 >= 3.0:
+        fail(expected="과부하에서도 모든 응답의 p95 < 3초", measured=res.summary())
+
+
+# =========================================================================== the fleet: Redis + 2 replicas + nginx
+@dataclass
+class Fleet:
+    redis: Any = None
+    replicas: Any = None
+    balancer: Any = None
+    ca: Any = None
+    error: str | None = None          # why the balancer did not start (the learner's fragment, nginx -t)
+    error_detail: str | None = None
+    verify: Any = True
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.balancer.https_url
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(verify=self.verify)
+
+
+def _kit():
+    from coursekit.balancer import Balancer, TestCA
+
+    from coursekit.redis_server import RedisServer
+    try:
+        from coursekit.replicas import ReplicaSet
+    except ImportError:  # the kit may keep it next to the balancer
+        from coursekit.balancer import ReplicaSet
+    return RedisServer, Balancer, TestCA, ReplicaSet
+
+
+def build_fleet(step_dir: Path, root: Path, simulator, with_redis: bool, **extra: str):
+    """Generator: yields a Fleet (its `error` set when the learner's balancer did not start)."""
+    harness.require_tool("nginx", "step 06 의 로드 밸런서 검사에는 nginx 가 필요합니다 (.ci/install-redis-nginx.sh)")
+    if with_redis:
+        harness.require_tool("redis-server", "step 06 의 공유 Rate Limit 검사에는 redis-server 가 필요합니다")
+    RedisServer, Balancer, TestCA, ReplicaSet = _kit()
+    graded = copy_step(step_dir, root)
+    fragment = graded / osup.FRAGMENT
+    fleet = Fleet()
+    with ExitStack() as stack:
+        env = base_env(simulator, root, **extra)
+        if with_redis:
+            fleet.redis = stack.enter_context(RedisServer())
+            env["REDIS_URL"] = fleet.redis.url
+        fleet.replicas = stack.enter_context(ReplicaSet(graded, n=2, env=harness.service_env(env)))
+        if not fragment.is_file():
+            fleet.error = f"{osup.FRAGMENT} 가 없습니다"
+            yield fleet
+            return
+        fleet.ca = stack.enter_context(TestCA()) if hasattr(TestCA, "__enter__") else TestCA()
+        fleet.verify = str(fleet.ca.ca_file)
+        try:
+            fleet.balancer = stack.enter_context(Balancer(fragment, replicas=fleet.replicas.urls_hostport
+                                                          if hasattr(fleet.replicas, "urls_hostport")
+                                                          else [f"127.0.0.1:{p}" for p in fleet.replicas.ports],
+                                                          tls=fleet.ca))
+        except Exception as exc:  # noqa: BLE001 - nginx -t or start-up failed: the learner's fragment
+            fleet.error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            fleet.error_detail = str(exc)[-2000:]
+        yield fleet
+
+
+def need_balancer(fleet: Fleet) -> None:
+    if fleet.error:
+        blocked("step06.balancer", measured=fleet.error)
+
+
+@pytest.fixture(scope="module")
+def fleet(step_dir, tmp_path_factory, simulator):
+    simulator.reset(config=True)
+    root = tmp_path_factory.mktemp("step06-fleet")
+    yield from build_fleet(step_dir, root, simulator, with_redis=True, RATE_LIMIT=f"{LIMIT}/minute")
+    simulator.reset(config=True)
+
+
+@check("step06.balancer")
+def test_balancer(fleet):
+    if fleet.error:
+        fail(expected=f"{osup.FRAGMENT} 를 채운 nginx 가 `nginx -t` 를 통과하고 HTTP/HTTPS 포트에서 시작됨",
+             measured=fleet.error, detail=fleet.error_detail)
+    sent = []
+    with fleet.client() as client:
+        for i in range(6):
+            r = osup.chat(client, fleet.url, KEY_E, QUESTION, timeout=10, rid=rid(f"lb{i}"))
+            sent.append(r)
+    record("replies", osup.count_by(sent))
+    if any(r.status != 200 for r in sent):
+        fail(expected="밸런서(HTTPS)를 거친 POST /chat 6개가 모두 200",
+             measured=", ".join(r.short() for r in sent))
+    served = []
+    for i in range(2):
+        ids = {d.get("request_id") for d in osup.request_lines(fleet.replicas.logs(i))}
+        served.append(sum(1 for r in sent if r.rid in ids))
+    record("served_by_replica", served)
+    if min(served) == 0:
+        fail(expected="복제본 두 개가 모두 요청을 받음 (각 복제본의 JSON 로그 줄에서 X-Request-ID 로 셈)",
+             measured=f"복제본별로 받은 요청 {served} (요청 6개)")
+
+
+@check("step06.rate_limit")
+def test_rate_limit(fleet):
+    need_balancer(fleet)
+    replies = osup.burst(fleet.url, SERVICE_KEY, BURST, 12, timeout=10, verify=fleet.verify)
+    ok = [r for r in replies if r.status == 200]
+    limited = [r for r in replies if r.status == 429]
+    other = [r for r in replies if r.status not in (200, 429)]
+    record("burst", osup.count_by(replies))
+    fleet.notes["rate_limit_works"] = 0 < len(ok) <= LIMIT and bool(limited)
+    if other:
+        fail(expected=f"키 A 의 버스트 {BURST}개는 200 또는 429 만",
+             measured=f"{osup.count_by(replies)}; 예: {other[0].short()}")
+    if len(ok) != LIMIT:
+        hint = None
+        if len(ok) > LIMIT and len(ok) <= 2 * LIMIT and limited:
+            hint = ("lesson.ipynb §5 'API 키별 Rate Limiting' — 복제본마다 메모리에 한도를 세면 두 복제본에서 "
+                    "한도가 두 배가 됩니다. REDIS_URL 이 있으면 limits 의 Redis 저장소(async+redis://)를 쓰세요.")
+        fail(expected=f"RATE_LIMIT={LIMIT}/minute: 복제본 두 개를 합쳐 정확히 {LIMIT}개 성공, 나머지 429",
+             measured=f"성공 {len(ok)}개, 429 {len(limited)}개 (버스트 {BURST}개, 공유 Redis)", hint=hint)
+    bad = []
+    for r in limited:
+        if not osup.retry_after_ok(r.headers.get("retry-after")):
+            bad.append(f"Retry-After={r.headers.get('retry-after')!r}")
+        elif r.code != "rate_limited":
+            bad.append(f"오류 코드 {r.code!r}")
+        elif "limit" not in osup.ratelimit_fields(r.headers.get("ratelimit")) or not r.headers.get("ratelimit-policy"):
+            bad.append(f"RateLimit={r.headers.get('ratelimit')!r}, RateLimit-Policy={r.headers.get('ratelimit-policy')!r}")
+    if bad:
+        fail(expected="429 마다 rate_limited 오류 JSON, Retry-After(정수 초 >= 1), RateLimit, RateLimit-Policy 헤더",
+             measured=f"429 {len(limited)}개 중 {len(bad)}개가 다름: {bad[0]}",
+             hint="lesson.ipynb §5 'API 키별 Rate Limiting' — 429 에는 Retry-After: <창이 풀릴 때까지 초> 와 "
+                  "RateLimit-Policy: <한도>;w=<창>, RateLimit: limit=, remaining=, reset= 를 붙이세요.")
+    # 다른 키(B)는 보통 속도로: 한 번도 429 가 아니어야 함 (키가 아니라 IP 로 세면 여기서 걸림).
+    with fleet.client() as client:
+        other_key = [osup.chat(client, fleet.url, KEY_B, QUESTION, timeout=10) for _ in range(4)]
+    record("key_b", [r.status for r in other_key])
+    if any(r.status != 200 for r in other_key):
+        fail(expected="키 A 가 한도를 넘긴 직후에도 키 B 의 보통 요청 4개는 모두 200",
+             measured=", ".join(r.short() for r in other_key),
+             hint="lesson.ipynb §5 'API 키별 Rate Limiting' — 밸런서 뒤에서는 모든 요청의 클라이언트 IP 가 "
+                  "nginx 입니다. 한도의 키는 API 키(sha256 앞부분)여야 합니다.")
+    if not osup.ratelimit_fields(other_key[0].headers.get("ratelimit")):
+        fail(expected="성공한 응답에도 RateLimit 헤더 (limit, remaining, reset)",
+             measured=f"RateLimit={other_key[0].headers.get('ratelimit')!r}")
+
+
+@check("step06.redis_outage")
+def test_redis_outage(fleet):
+    need_balancer(fleet)
+    with fleet.client() as client:
+        base = [osup.chat(client, fleet.url, KEY_C, QUESTION, timeout=10) for _ in range(2)]
+        fleet.redis.stop()
+        try:
+            during = [osup.chat(client, fleet.url, KEY_C, QUESTION, timeout=10) for _ in range(5)]
+        finally:
+            fleet.redis.start()
+    record("during_outage", [r.short() for r in during])
+    bad = [r for r in during if r.status != 200]
+    if bad:
+        fail(expected="Redis 가 멈춰도 5xx 없이 요청을 처리 (fail open, 경고 로그와 메트릭)",
+             measured=f"Redis 중단 중 응답 5개: {osup.count_by(during)}; 예: {bad[0].short()}")
+    slow = osup.median([r.seconds for r in during]) - osup.median([r.seconds for r in base])
+    record("added_seconds", round(slow, 3))
+    if slow > 0.5:
+        fail(expected="Redis 가 멈춰도 요청이 0.5초 넘게 느려지지 않음 (짧은 소켓 타임아웃)",
+             measured=f"중앙값이 {slow:.2f}초 늘어남")
+    time.sleep(0.5)
+    again = osup.burst(fleet.url, KEY_D, 3 * LIMIT, 6, timeout=10, verify=fleet.verify)
+    ok = sum(1 for r in again if r.status == 200)
+    record("after_restart", osup.count_by(again))
+    if ok != LIMIT:
+        if ok == len(again) and not fleet.notes.get("rate_limit_works"):
+            blocked("step06.rate_limit", measured=f"Redis 재시작 뒤 버스트 {len(again)}개가 모두 200 (한도 없음)")
+        fail(expected=f"Redis 가 다시 뜨면 한도가 다시 동작: 버스트 {len(again)}개 중 정확히 {LIMIT}개 성공",
+             measured=f"{osup.count_by(again)}")
+
+
+@check("step06.tls")
+def test_tls(fleet):
+    need_balancer(fleet)
+    with fleet.client() as client:
+        r = osup.request(client, "GET", f"{fleet.url}/health", timeout=5)
+    record("https_health", r.short())
+    if r.status != 200:
+        fail(expected="https://…/health 가 테스트 CA 로 검증되고 200", measured=r.short())
+    hsts = r.headers.get("strict-transport-security", "")
+    record("hsts", hsts)
+    import re
+    m = re.search(r"max-age\s*=\s*(\d+)", hsts)
+    if not m or int(m.group(1)) <= 0:
+        fail(expected="HTTPS 응답에 Strict-Transport-Security: max-age=<양수>", measured=repr(hsts or None),
+             hint="lesson.ipynb §9 '전송 중 암호화 TLS' — HTTPS server 블록에 "
+                  "add_header Strict-Transport-Security \"max-age=31536000\" always; 를 넣으세요.")
+    with httpx.Client() as plain:
+        g = osup.request(plain, "GET", f"{fleet.balancer.http_url}/health", timeout=5)
+        p = osup.chat(plain, fleet.balancer.http_url, KEY_E, QUESTION, timeout=5)
+    record("http", [g.short(), p.short()])
+    for what, x in (("GET /health", g), ("POST /chat", p)):
+        if x.status == 0:
+            continue  # 평문 HTTP 를 아예 받지 않음 (거절)
+        loc = x.headers.get("location", "")
+        if x.status not in (301, 302, 307, 308) or not loc.startswith("https://"):
+            fail(expected="평문 HTTP 는 https:// 로 리디렉션(301/308)하거나 거절, 답하지 않음",
+                 measured=f"http:// {what} -> {x.short()}, Location={loc or '없음'}",
+                 hint="lesson.ipynb §9 '전송 중 암호화 TLS' — HTTP server 블록은 "
+                      "return 308 https://$host:<HTTPS 포트>$request_uri; 만 두세요.")
+
+
+# =========================================================================== graceful shutdown
+@pytest.fixture(scope="module")
+def calm_fleet(step_dir, tmp_path_factory, simulator):
+    simulator.reset(config=True)
+    root = tmp_path_factory.mktemp("step06-rolling")
+    yield from build_fleet(step_dir, root, simulator, with_redis=False)
+    simulator.reset(config=True)
+
+
+@check("step06.graceful")
+def test_graceful(calm_fleet, simulator, tmp_path):
+    fl = calm_fleet
+    # 1) 싼 확인: 복제본마다 GET /ready -> 200 {"status": "ready"}
+    with httpx.Client() as client:
+        ready = [osup.request(client, "GET", f"{u}/ready", timeout=5) for u in fl.replicas.urls]
+    record("ready", [r.short() for r in ready])
+    for r in ready:
+        if r.status != 200 or not (isinstance(r.body, dict) and r.body.get("status") == "ready"):
+            fail(expected="복제본마다 GET /ready -> 200 {\"status\": \"ready\"} (종료가 시작되면 503)",
+                 measured=r.short(),
+                 hint="lesson.ipynb §8 '우아한 종료와 롤링 재시작' — /ready 를 만들고 lifespan 의 종료 단계에서 "
+                      "준비 상태를 내리세요. /health 는 살아 있음, /ready 는 트래픽을 받을 준비입니다.")
+    need_balancer(fl)
+    # 2) 부하 중에 복제본 하나에 SIGTERM (재시작), 이어서 둘 다 롤링 재시작. 실패한 요청이 0 이어야 합니다.
+    results = tmp_path / "rows.jsonl"
+    out: dict[str, Any] = {}
+    simulator.configure(latency="realistic")
+
+    def load():
+        try:
+            out["res"] = run_locust("step06_chat.py", fl.url, users=16, spawn_rate=16, run_time_s=20,
+                                    env={"GRADER_SERVICE_KEYS": SERVICE_KEY, "GRADER_RESULTS_FILE": str(results),
+                                         "GRADER_CA_FILE": str(fl.verify)})
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            out["exc"] = exc
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    steps = []
+    try:
+        time.sleep(3)
+        started = time.monotonic()
+        fl.replicas.rolling_restart()
+        steps.append(f"롤링 재시작 {time.monotonic() - started:.1f}초")
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check with its text
+        steps.append(f"재시작 실패: {exc}")
+    finally:
+        t.join(timeout=120)
+        simulator.configure(latency="zero")
+    if "exc" in out:
+        raise out["exc"]
+    res = out["res"]
+    rows = osup.read_rows(results)
+    failed = [r for r in rows if r.get("status") != 200]
+    record("load", osup.statuses(rows))
+    record("steps", steps)
+    if any(s.startswith("재시작 실패") for s in steps):
+        fail(expected="SIGTERM 뒤 복제본이 정상 종료되고 같은 포트에서 다시 시작됨", measured=steps[-1])
+    if not rows or failed or res.failures:
+        fail(expected="부하 중 복제본 SIGTERM 과 롤링 재시작 동안 실패한 요청 0개",
+             measured=f"요청 {len(rows)}개 중 실패 {len(failed)}개: {osup.statuses(rows)}; {res.summary()}")
