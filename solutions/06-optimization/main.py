@@ -43,6 +43,19 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 import observability
 import prompt_store
+# BEGIN SOLUTION
+
+import json
+
+import pybreaker
+from google.genai.errors import UnknownApiResponseError
+from langchain_core.exceptions import ModelInvalidRequestError
+from limits import parse as parse_rate_limit
+
+import resilience
+# STARTER
+# # TODO 1 (lesson §2 '데드라인 있는 재시도'): 06단계의 모듈을 가져오세요: pybreaker (§3), limits (§5), resilience.py (§5, §7).
+# END SOLUTION
 
 logger = logging.getLogger("llm-chat")
 
@@ -74,6 +87,35 @@ class Settings(BaseSettings):
     sentry_dsn: SecretStr | None = None
     # 프롬프트 암호화 (lesson §4): 쉼표로 구분한 Fernet 키들 (첫 키가 암호화). 비우면 질문과 답을 저장하지 않음.
     prompt_encryption_keys: SecretStr | None = None
+    # BEGIN SOLUTION
+    # 06단계 (lesson §2~§6). 기본값은 README 의 설정 표와 같습니다.
+    # 요청 하나의 전체 시간 예산 (초): 주 모델의 모든 시도 + 대기 + Fallback 까지.
+    request_deadline_seconds: float = Field(default=2.5, gt=0)
+    fallback_model: str = "gemini-3.5-flash-lite"  # 빈 문자열이면 Fallback 없음
+    fallback_reserve_seconds: float = Field(default=0.8, ge=0)  # 데드라인 중 Fallback 몫으로 남겨 둘 시간
+    circuit_fail_max: int = Field(default=5, ge=1)  # 연속 실패가 이만큼이면 회로를 엶
+    circuit_reset_seconds: float = Field(default=10, gt=0)  # 열린 회로가 반쯤 열리기(half-open)까지
+    rate_limit: str = "60/minute"  # API 키마다 (limits 문법: "12/minute", "100/hour", "5/second")
+    redis_url: str | None = None  # 비우면 한도와 응답 id 를 프로세스 메모리에 (복제본 하나일 때만 맞음)
+    service_api_keys: SecretStr | None = None  # SERVICE_API_KEY 말고도 받을 키들 (쉼표로 구분, 키 하나 = 클라이언트 하나)
+    max_in_flight: int = Field(default=32, ge=1)  # 복제본 하나가 동시에 처리할 /chat 수. 넘으면 바로 503 overloaded
+
+    @field_validator("rate_limit")
+    @classmethod
+    def valid_rate_limit(cls, value: str) -> str:
+        parse_rate_limit(value)  # 잘못된 문자열이면 ValueError: 서비스가 시작하지 않음
+        return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def empty_is_none(cls, value):
+        return value or None
+    # STARTER
+    # # TODO 1 (lesson §2 '데드라인 있는 재시도'): 06단계 설정을 더하세요 (README 의 설정 표):
+    # # request_deadline_seconds (2.5), fallback_model ("gemini-3.5-flash-lite"), fallback_reserve_seconds (0.8),
+    # # circuit_fail_max (5), circuit_reset_seconds (10), rate_limit ("60/minute"), redis_url (None),
+    # # service_api_keys (SecretStr | None), max_in_flight (32).
+    # END SOLUTION
 
     @field_validator("google_api_key", "service_api_key")
     @classmethod
@@ -155,6 +197,11 @@ class ChatResponse(BaseModel):
     prompt_version: str = Field(description="답변에 쓴 시스템 프롬프트 버전 (PROMPT_VERSION)")
     usage: Usage
     response_id: str = Field(description="이 답의 id (32자리 16진수): POST /feedback 에 그대로 보냅니다")
+    # BEGIN SOLUTION
+    fallback: bool = Field(default=False, description="Fallback 모델(FALLBACK_MODEL)이 답했으면 true (model 이 그 모델)")
+    # STARTER
+    # # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): Fallback 이 답한 응답을 표시할 필드 fallback: bool (기본 False).
+    # END SOLUTION
 
 
 class ErrorDetail(BaseModel):
@@ -221,6 +268,39 @@ HTTP_ERRORS = {
 # google-genai 3.x 는 기본으로 httpx2 를 씁니다 (GOOGLE_GENAI_HTTP_CLIENT=httpx 이면 httpx).
 # 타임아웃은 SDK 가 감싸지 않은 httpx2.ReadTimeout 등으로 올라오므로 둘 다 잡습니다.
 UPSTREAM_TIMEOUTS = (httpx2.TimeoutException, httpx.TimeoutException)
+# BEGIN SOLUTION
+
+# 06단계 (lesson §4): 업스트림이 200 으로 답했지만 쓸 수 없는 답.
+
+
+class ContentBlocked(Exception):
+    """finish_reason SAFETY (안전 필터가 답을 막음): 다시 물어도 같으므로 재시도도 Fallback 도 하지 않음 -> 422."""
+
+
+class UpstreamMalformed(Exception):
+    """후보가 없거나(candidates: []) 글이 빈 답: 깨진 본문처럼 재시도 -> 끝내 실패하면 502 upstream_malformed."""
+
+
+class CircuitOpen(Exception):
+    """회로가 열려 주 모델을 부르지 않음 (lesson §3)."""
+
+
+# 깨진 200 본문: ainvoke 는 json.JSONDecodeError, astream 은 UnknownApiResponseError (시뮬레이터 README §1)
+MALFORMED = (UpstreamMalformed, json.JSONDecodeError, UnknownApiResponseError)
+MIN_ATTEMPT_SECONDS = 0.3  # 남은 시간이 이보다 짧으면 새 시도를 하지 않음 (그 시간에 끝날 답이 거의 없음)
+
+
+def check_reply(reply) -> None:
+    """ainvoke 가 예외 없이 돌려준 답도 쓸 수 있는지 봅니다."""
+    finish = str((reply.response_metadata or {}).get("finish_reason") or "").upper()
+    if "SAFETY" in finish or finish in ("PROHIBITED_CONTENT", "BLOCKLIST", "SPII"):
+        raise ContentBlocked(finish)
+    if not reply.text.strip():
+        raise UpstreamMalformed(finish or "empty")
+# STARTER
+# # TODO 5 (lesson §4 '업스트림의 이상한 답'): SAFETY 로 막힌 답(finish_reason), 후보가 없거나 빈 답, 깨진 본문
+# # (json.JSONDecodeError)을 구분할 예외와 check_reply(reply) 를 만드세요. 500 이 나가면 안 됩니다.
+# END SOLUTION
 
 
 def retry_after_seconds(exc: Exception, default: int = 5) -> int:
@@ -237,6 +317,21 @@ def retry_after_seconds(exc: Exception, default: int = 5) -> int:
 
 def error_type(exc: BaseException) -> str:
     """LLM 호출 실패의 종류 = 클라이언트가 받는 오류 코드 (아래 chat() 의 except 절과 같은 분류)."""
+    # BEGIN SOLUTION
+    if isinstance(exc, ContentBlocked):
+        return "content_blocked"
+    if isinstance(exc, MALFORMED):
+        return "upstream_malformed"
+    if isinstance(exc, CircuitOpen):
+        return "upstream_unavailable"
+    if isinstance(exc, ModelInvalidRequestError):
+        return "upstream_bad_request"
+    if isinstance(exc, (TimeoutError, asyncio.CancelledError)):  # 데드라인(asyncio.timeout)으로 끊긴 시도
+        return "upstream_timeout"
+    # STARTER
+    # # TODO 5 (lesson §4 '업스트림의 이상한 답'): 새 실패의 종류 content_blocked, upstream_malformed,
+    # # upstream_bad_request, upstream_unavailable, 그리고 데드라인(TimeoutError)의 upstream_timeout.
+    # END SOLUTION
     if isinstance(exc, ModelRateLimitError):
         return "upstream_rate_limited"
     if isinstance(exc, ServerError):
@@ -246,10 +341,22 @@ def error_type(exc: BaseException) -> str:
     return "internal_error"
 
 
+# BEGIN SOLUTION
 def retryable(exc: BaseException) -> bool:
-    """다시 시도할 실패: 429, 5xx, 시간 초과, 연결 실패 (google-genai 의 기본 재시도와 같은 기준).
-    요청이 틀린 4xx 나 깨진 응답은 다시 보내도 같으므로 바로 실패합니다."""
-    return isinstance(exc, (ModelRateLimitError, ServerError, *UPSTREAM_TIMEOUTS, httpx2.ConnectError, httpx.ConnectError))
+    """다시 시도할 실패: 429, 5xx, 시간 초과(데드라인 포함), 연결 실패, 깨진 본문이나 빈 답 (다음엔 멀쩡할 수 있음).
+    절대 다시 시도하지 않는 실패: 400 계열(틀린 요청, 틀린 키)과 SAFETY 차단: 다시 보내도 같은 답입니다."""
+    if isinstance(exc, (ContentBlocked, CircuitOpen, ModelInvalidRequestError)):
+        return False
+    return isinstance(exc, (ModelRateLimitError, ServerError, *UPSTREAM_TIMEOUTS, httpx2.ConnectError, httpx.ConnectError,
+                            *MALFORMED, TimeoutError))
+# STARTER
+# # TODO 2 (lesson §2 '데드라인 있는 재시도'): 재시도할 실패와 하지 않을 실패를 나누세요: 깨진 본문/빈 답과
+# # 데드라인의 TimeoutError 는 재시도, 400 계열(ModelInvalidRequestError)과 SAFETY 차단은 절대 재시도하지 않음.
+# def retryable(exc: BaseException) -> bool:
+#     """다시 시도할 실패: 429, 5xx, 시간 초과, 연결 실패 (google-genai 의 기본 재시도와 같은 기준).
+#     요청이 틀린 4xx 나 깨진 응답은 다시 보내도 같으므로 바로 실패합니다."""
+#     return isinstance(exc, (ModelRateLimitError, ServerError, *UPSTREAM_TIMEOUTS, httpx2.ConnectError, httpx.ConnectError))
+# END SOLUTION
 
 
 async def attempt_llm(llm, messages: list, model: str):
@@ -262,7 +369,14 @@ async def attempt_llm(llm, messages: list, model: str):
                                       record_exception=False, set_status_on_exception=False) as span:
         try:
             reply = await llm.ainvoke(messages)
-        except Exception as exc:
+        # BEGIN SOLUTION
+            check_reply(reply)  # SAFETY 차단, 빈 답도 이 시도의 실패 (스팬에 error.type)
+        except (Exception, asyncio.CancelledError) as exc:  # CancelledError: 데드라인(asyncio.timeout)이 끊은 시도
+        # STARTER
+        # # TODO 5 (lesson §4 '업스트림의 이상한 답'): 답을 check_reply 로 보고, 데드라인에 끊긴 시도
+        # # (asyncio.CancelledError)도 스팬에 실패로 남기세요.
+        # except Exception as exc:
+        # END SOLUTION
             span.set_attribute("error.type", error_type(exc))
             span.set_status(StatusCode.ERROR, type(exc).__name__)  # 예외 메시지는 넣지 않음
             raise
@@ -272,7 +386,14 @@ async def attempt_llm(llm, messages: list, model: str):
         return reply
 
 
-async def invoke_llm(llm, messages: list, model: str):
+# BEGIN SOLUTION
+async def invoke_llm(llm, messages: list, model: str, until: float | None = None, breaker=None, capture: bool = True,
+                     stats: dict | None = None):
+# STARTER
+# # TODO 3 (lesson §2 '데드라인 있는 재시도'): invoke_llm 이 시간 예산의 끝(until, loop.time() 기준), 서킷 브레이커,
+# # Sentry 로 보낼지(capture), 시도 횟수를 돌려줄 dict(stats)를 받게 하세요.
+# async def invoke_llm(llm, messages: list, model: str):
+# END SOLUTION
     """LLM 호출 한 번: 서비스가 시도를 직접 돌립니다 (클라이언트의 재시도는 max_retries=1 로 끔). 총 시도는
     LLM_MAX_ATTEMPTS 번, 시도마다 스팬 하나. 메트릭은 04단계와 같이 호출(모든 시도) 한 번에 하나."""
     started = time.perf_counter()
@@ -280,18 +401,55 @@ async def invoke_llm(llm, messages: list, model: str):
     observability.note(model=model, prompt_version=settings.prompt_version)
     try:
         # google-genai 의 기본 재시도와 같은 대기: 1초에서 두 배씩, 최대 60초, 0~1초 흔들기(jitter).
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(settings.llm_max_attempts),
-                                           retry=retry_if_exception(retryable),
-                                           wait=wait_exponential_jitter(initial=1, max=60, exp_base=2, jitter=1),
-                                           reraise=True):
+        # BEGIN SOLUTION
+        # 06단계 (lesson §2): 위의 1초~60초 대기는 데드라인 2.5 초 안에 들어가지 않습니다. 대기는 0.1 초에서 두 배씩
+        # 최대 0.5 초 (+ 0~0.1 초 지터), 429 의 RetryInfo 는 남은 시간에 들어갈 때만 따르고, 아니면 멈춥니다.
+        loop = asyncio.get_running_loop()
+        end = loop.time() + settings.request_deadline_seconds if until is None else until
+        backoff = wait_exponential_jitter(initial=0.1, max=0.5, exp_base=2, jitter=0.1)
+
+        def wait(state) -> float:
+            exc = state.outcome.exception()
+            hinted = retry_after_seconds(exc, default=0) if isinstance(exc, ModelRateLimitError) else 0
+            return max(backoff(state), hinted)
+
+        def stop(state) -> bool:  # 시도 횟수 상한, 또는 대기 뒤 남을 시간이 시도 하나에 모자라면
+            return (stop_after_attempt(settings.llm_max_attempts)(state)
+                    or end - loop.time() - state.upcoming_sleep < MIN_ATTEMPT_SECONDS)
+
+        if end - loop.time() < MIN_ATTEMPT_SECONDS:
+            raise TimeoutError("데드라인까지 시도 하나를 할 시간이 없습니다")
+        async for attempt in AsyncRetrying(stop=stop, retry=retry_if_exception(retryable), wait=wait, reraise=True):
             with attempt:
                 attempts += 1
-                reply = await attempt_llm(llm, messages, model)
+                if stats is not None:
+                    stats["attempts"] = attempts
+                async with asyncio.timeout(max(0.0, end - loop.time())):  # 시도 하나 = 남은 예산까지만
+                    if breaker is None:
+                        reply = await attempt_llm(llm, messages, model)
+                    else:
+                        reply = await guarded_attempt(breaker, llm, messages, model)
+        # STARTER
+        # # TODO 3 (lesson §2 '데드라인 있는 재시도'): 데드라인 안에서만 재시도하세요: 시도마다 asyncio.timeout(남은 시간),
+        # # 대기는 작게(0.1 초에서 최대 0.5 초, 지터), 대기 뒤 남은 시간이 모자라면 멈춤, 429 의 RetryInfo 는 들어갈 때만.
+        # async for attempt in AsyncRetrying(stop=stop_after_attempt(settings.llm_max_attempts),
+        #                                    retry=retry_if_exception(retryable),
+        #                                    wait=wait_exponential_jitter(initial=1, max=60, exp_base=2, jitter=1),
+        #                                    reraise=True):
+        #     with attempt:
+        #         attempts += 1
+        #         reply = await attempt_llm(llm, messages, model)
+        # END SOLUTION
     except Exception as exc:
         kind = error_type(exc)
         observability.note(attempts=attempts)
         telemetry.record_operation(model, time.perf_counter() - started, error_type=kind)
-        if kind != "internal_error" and observability.in_request():
+        # BEGIN SOLUTION
+        if capture and kind not in ("internal_error", "content_blocked") and observability.in_request():
+        # STARTER
+        # # TODO 3 (lesson §3): Fallback 이 있으면 Sentry 이벤트는 요청의 마지막 실패 하나만 (capture=False 면 보내지 않음).
+        # if kind != "internal_error" and observability.in_request():
+        # END SOLUTION
             # 재시도가 모두 끝난 업스트림 실패 = 502/503/504 응답 하나 = Sentry 이벤트 하나 (판정 호출은 제외)
             observability.capture_upstream_failure(exc, structlog.contextvars.get_contextvars().get("request_id"))
         raise
@@ -302,6 +460,82 @@ async def invoke_llm(llm, messages: list, model: str):
     observability.note(attempts=attempts, input_tokens=input_tokens, output_tokens=output_tokens,
                        cost_usd=telemetry.call_cost(model, input_tokens, output_tokens))
     return reply
+# BEGIN SOLUTION
+
+
+def counts_against_circuit(exc: BaseException) -> bool:
+    """회로를 여는 실패 = 업스트림이 아픈 신호 (429, 5xx, 시간 초과, 깨진 답). 400 과 SAFETY 는 세지 않습니다."""
+    return retryable(exc) or isinstance(exc, asyncio.CancelledError)
+
+
+# 프로세스마다 하나 (복제본마다 따로 셈): 연속 실패 CIRCUIT_FAIL_MAX 번이면 열리고, CIRCUIT_RESET_SECONDS 뒤 반쯤 열림.
+PRIMARY_CIRCUIT = pybreaker.CircuitBreaker(fail_max=settings.circuit_fail_max,
+                                           reset_timeout=settings.circuit_reset_seconds,
+                                           exclude=[lambda exc: not counts_against_circuit(exc)], name="primary")
+
+
+async def guarded_attempt(breaker: pybreaker.CircuitBreaker, llm, messages: list, model: str):
+    """주 모델 시도 하나를 회로 차단기로 감쌉니다 (pybreaker 의 동기 calling() 은 await 를 감쌀 수 있음)."""
+    entered = False
+    try:
+        with breaker.calling():
+            entered = True
+            return await attempt_llm(llm, messages, model)
+    except pybreaker.CircuitBreakerError as exc:
+        if not entered:  # 열린 회로: 업스트림을 부르지 않음
+            raise CircuitOpen() from None
+        raise exc.__context__ from None  # 이 실패로 회로가 열림: 원래 실패를 그대로 올림
+
+
+def fallback_reason(exc: BaseException) -> str | None:
+    """Fallback 으로 넘어갈 이유 (error, timeout, circuit_open), 넘어가지 않으면 None (400, SAFETY: 다른 모델도 같음)."""
+    if isinstance(exc, CircuitOpen):
+        return "circuit_open"
+    if isinstance(exc, (TimeoutError, asyncio.CancelledError, *UPSTREAM_TIMEOUTS)):
+        return "timeout"
+    return "error" if retryable(exc) else None
+
+
+async def answer_with_fallback(llm, messages: list):
+    """주 모델(회로 차단기, 데드라인에서 Fallback 몫을 뺀 시간) -> 실패하면 Fallback 모델(남은 시간 전부).
+    돌려주는 값: (답, 답한 모델). 요청의 마지막 실패 하나만 Sentry 로 보냅니다."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.request_deadline_seconds
+    fallback = settings.fallback_model
+    primary_end = deadline - settings.fallback_reserve_seconds if fallback else deadline
+    primary = {"attempts": 0}
+    try:
+        reply = await invoke_llm(llm, messages, settings.llm_model, until=primary_end, breaker=PRIMARY_CIRCUIT,
+                                 capture=False, stats=primary)
+        return reply, settings.llm_model
+    except Exception as exc:
+        failure = exc
+    reason = fallback_reason(failure) if fallback else None
+    if reason is None:
+        capture_failure(failure)
+        raise failure
+    telemetry.record_fallback(settings.llm_model, reason)
+    observability.note(fallback=True, fallback_reason=reason)
+    second = {"attempts": 0}
+    try:
+        reply = await invoke_llm(app.state.fallback_llm, messages, fallback, until=deadline, capture=False, stats=second)
+    except Exception as exc:
+        capture_failure(exc)
+        raise
+    finally:
+        observability.note(attempts=primary["attempts"] + second["attempts"], primary_attempts=primary["attempts"])
+    return reply, fallback
+
+
+def capture_failure(exc: BaseException) -> None:
+    """/chat 이 5xx 로 끝나는 업스트림 실패 하나 = Sentry 이벤트 하나."""
+    if error_type(exc) not in ("internal_error", "content_blocked") and observability.in_request():
+        observability.capture_upstream_failure(exc, structlog.contextvars.get_contextvars().get("request_id"))
+# STARTER
+# # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): pybreaker.CircuitBreaker(CIRCUIT_FAIL_MAX, CIRCUIT_RESET_SECONDS)로
+# # 주 모델의 시도를 감싸고, 주 모델이 실패하거나(재시도 뒤) 시간이 넘거나 회로가 열려 있으면 FALLBACK_MODEL 을 남은
+# # 시간으로 부르는 answer_with_fallback(llm, messages) -> (답, 답한 모델) 을 만드세요. 메트릭 llm_fallbacks_total.
+# END SOLUTION
 
 
 async def judge_answer(question: str, answer: str, answer_model: str) -> None:
@@ -357,12 +591,43 @@ async def lifespan(app: FastAPI):
     app.state.judge_tasks = set()  # 진행 중인 판정 작업 (강한 참조)
     app.state.responses = quality.IssuedResponses()  # 피드백을 받을 응답 id (최근 10 000 개)
     app.state.drift = quality.InputDrift(settings.drift_window)
+    # BEGIN SOLUTION
+    # 06단계: Fallback 모델 클라이언트 (주 모델과 같은 키와 주소, 재시도는 invoke_llm 이), 한도, 공유 응답 id, 준비 상태.
+    app.state.fallback_llm = ChatGoogleGenerativeAI(
+        model=settings.fallback_model or settings.llm_model,
+        api_key=settings.google_api_key,
+        base_url=settings.google_gemini_base_url,
+        timeout=settings.llm_timeout_seconds,
+        max_retries=1,
+        client_args={"event_hooks": {"request": [observability.add_upstream_headers]}},
+    )
+    app.state.limiter = resilience.RateLimiter(settings.rate_limit, settings.redis_url)
+    app.state.shared_responses = resilience.SharedResponses(settings.redis_url)
+    app.state.in_flight = 0
+    app.state.ready = True
+    watch_sigterm(app)
+    # STARTER
+    # # TODO 8 (lesson §6, §8): 시작할 때 Fallback 클라이언트, resilience.RateLimiter, resilience.SharedResponses,
+    # # 동시 처리 수(in_flight)와 준비 상태(ready)를 만드세요.
+    # END SOLUTION
     yield
+    # BEGIN SOLUTION
+    app.state.ready = False  # 새 요청은 받지 않을 복제본: /ready 가 503 (uvicorn 은 진행 중인 요청을 이미 끝냈음)
+    # STARTER
+    # # TODO 10 (lesson §8 '우아한 종료와 롤링 재시작'): 종료가 시작되면 /ready 가 503 을 내게 하세요.
+    # END SOLUTION
     # 종료: 남은 판정 작업을 기다린 뒤(각 작업은 타임아웃과 시도 횟수로 끝이 있음) 클라이언트를 닫습니다.
     if app.state.judge_tasks:
         await asyncio.gather(*app.state.judge_tasks, return_exceptions=True)
     await judge_llm.aclose()
     await app.state.llm.aclose()
+    # BEGIN SOLUTION
+    await app.state.fallback_llm.aclose()
+    await app.state.limiter.aclose()
+    await app.state.shared_responses.aclose()
+    # STARTER
+    # # TODO 10 (lesson §8): Fallback 클라이언트와 한도 저장소(Redis 연결)도 닫으세요.
+    # END SOLUTION
     TRACER_PROVIDER.force_flush()  # 모아 둔 스팬을 지금 내보냄 (BatchSpanProcessor). 프로세스가 끝날 때 SDK 가 shutdown
     import sentry_sdk
 
@@ -418,13 +683,90 @@ def get_llm(request: Request) -> ChatGoogleGenerativeAI:
 
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="서비스 API 키 (SERVICE_API_KEY)")
+# BEGIN SOLUTION
+
+
+def client_keys() -> list[bytes]:
+    """받을 키들: SERVICE_API_KEY 와 SERVICE_API_KEYS (쉼표로 구분). 키 하나 = 한도를 따로 세는 클라이언트 하나."""
+    extra = settings.service_api_keys.get_secret_value().split(",") if settings.service_api_keys else []
+    return [k.strip().encode() for k in [settings.service_api_key.get_secret_value(), *extra] if k.strip()]
+
+
+# STARTER
+# # TODO 6 (lesson §5 'API 키별 Rate Limiting'): SERVICE_API_KEYS 의 키도 받으세요 (키 하나 = 클라이언트 하나).
+# END SOLUTION
 
 
 def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> None:
-    expected = settings.service_api_key.get_secret_value()
+    # BEGIN SOLUTION
+    expected = client_keys()
+    # STARTER
+    # # TODO 6 (lesson §5): SERVICE_API_KEYS 의 키도 받으세요 (모든 키와 상수 시간 비교).
+    # expected = settings.service_api_key.get_secret_value()
+    # END SOLUTION
     # 상수 시간 비교: 맞은 글자 수에 따라 응답 시간이 달라지지 않게 합니다.
-    if api_key is None or not secrets.compare_digest(api_key.encode(), expected.encode()):
+    # BEGIN SOLUTION
+    if api_key is None or not any([secrets.compare_digest(api_key.encode(), key) for key in expected]):
+    # STARTER
+    # # TODO 6 (lesson §5): 모든 키와 비교하세요 (any 에 리스트를 넘겨 맞는 키를 찾아도 끝까지 비교).
+    # if api_key is None or not secrets.compare_digest(api_key.encode(), expected.encode()):
+    # END SOLUTION
         raise ApiError(401, "unauthorized", "X-API-Key 헤더가 없거나 올바르지 않습니다.")
+# BEGIN SOLUTION
+
+
+async def rate_limit(request: Request, response: Response, api_key: Annotated[str | None, Depends(api_key_header)],
+                     _: Annotated[None, Depends(require_api_key)]) -> None:
+    """API 키별 한도 (인증 뒤에): 넘으면 429 rate_limited + Retry-After + RateLimit 헤더. 성공 응답에도 RateLimit."""
+    decision = await request.app.state.limiter.hit(api_key)
+    if decision is None:  # 한도 저장소 장애: fail open (README '한도 저장소가 죽으면')
+        return
+    if not decision.allowed:
+        telemetry.record_ratelimit_rejection()
+        raise ApiError(429, "rate_limited",
+                       f"이 API 키의 요청 한도({settings.rate_limit})를 넘었습니다. Retry-After 초 뒤에 다시 시도하세요.",
+                       headers={"Retry-After": str(decision.reset_seconds), **decision.headers()})
+    response.headers.update(decision.headers())
+
+
+async def in_flight_slot(request: Request):
+    """복제본 하나가 동시에 처리하는 /chat 은 MAX_IN_FLIGHT 개까지: 넘으면 줄 세우지 않고 바로 503 overloaded
+    (줄을 서면 데드라인을 넘긴 뒤에야 실패합니다). 다른 복제본이나 잠시 뒤에 다시 시도하라고 Retry-After: 1."""
+    state = request.app.state
+    if state.in_flight >= settings.max_in_flight:
+        telemetry.record_shed()
+        raise ApiError(503, "overloaded", "요청이 너무 많습니다. 잠시 뒤에 다시 시도하세요.", headers={"Retry-After": "1"})
+    state.in_flight += 1
+    try:
+        yield
+    finally:
+        state.in_flight -= 1
+
+
+def watch_sigterm(app: FastAPI) -> None:
+    """SIGTERM 을 받는 순간 /ready 를 503 으로 (uvicorn 의 처리기는 그대로 불러 진행 중인 요청을 끝내고 멈춤)."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return
+
+    def on_sigterm(signum, frame):
+        app.state.ready = False
+        previous(signum, frame)
+
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # 메인 스레드가 아님 (테스트 클라이언트): 건너뜀
+        pass
+
+
+# STARTER
+# # TODO 6 (lesson §5 'API 키별 Rate Limiting'): 인증 뒤에 키별 한도를 재는 의존성 rate_limit 을 만드세요
+# # (429 rate_limited + Retry-After + RateLimit-Policy/RateLimit 헤더, 성공 응답에도 RateLimit).
+# # TODO 7 (lesson §6 '동시성 한도와 부하 차단'): MAX_IN_FLIGHT 를 넘는 /chat 은 바로 503 overloaded + Retry-After: 1.
+# # TODO 10 (lesson §8 '우아한 종료와 롤링 재시작'): SIGTERM 을 받으면 준비 상태를 내리세요 (uvicorn 의 처리기도 부름).
+# END SOLUTION
 
 
 @app.get("/health", response_model=HealthResponse, summary="헬스 체크 (LLM 을 부르지 않음)")
@@ -432,6 +774,18 @@ async def health() -> HealthResponse:
     return HealthResponse(status="ok", model=settings.llm_model, prompt_version=settings.prompt_version)
 
 
+# BEGIN SOLUTION
+@app.get("/ready", summary="준비 상태 (로드 밸런서와 Kubernetes readinessProbe 용, LLM 을 부르지 않음)",
+         responses={503: {"model": ErrorResponse, "description": "종료 중 (shutting_down)"}})
+async def ready(request: Request) -> JSONResponse:
+    if not getattr(request.app.state, "ready", False):
+        return error_response(503, "shutting_down", "이 복제본은 종료 중입니다. 다른 복제본으로 보내세요.")
+    return JSONResponse({"status": "ready"})
+
+
+# STARTER
+# # TODO 10 (lesson §8 '우아한 종료와 롤링 재시작'): GET /ready: 평소 200 {"status": "ready"}, 종료가 시작되면 503.
+# END SOLUTION
 @app.get("/metrics", summary="Prometheus 메트릭 (키 없음, 비밀 값 없음)", include_in_schema=False)
 async def metrics() -> Response:
     # Prometheus 는 키 없이 긁어 갑니다: 여기에는 질문, 사용자 id, 키 같은 값이 절대 들어가지 않습니다.
@@ -443,9 +797,20 @@ async def metrics() -> Response:
     "/chat",
     response_model=ChatResponse,
     summary="LLM 에게 질문하기",
-    dependencies=[Depends(require_api_key)],
+    # BEGIN SOLUTION
+    dependencies=[Depends(require_api_key), Depends(rate_limit), Depends(in_flight_slot)],
+    # STARTER
+    # # TODO 6, 7 (lesson §5, §6): 인증 뒤에 키별 한도(rate_limit)와 동시 처리 한도(in_flight_slot).
+    # dependencies=[Depends(require_api_key)],
+    # END SOLUTION
     responses={
         401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
+        # BEGIN SOLUTION
+        422: {"model": ErrorResponse, "description": "요청 검증 실패, 또는 안전 필터가 답을 막음 (content_blocked)"},
+        429: {"model": ErrorResponse, "description": "API 키별 한도 초과 (rate_limited), Retry-After 와 RateLimit 헤더"},
+        # STARTER
+        # # TODO 6 (lesson §5): 새 응답(422 content_blocked, 429 rate_limited)을 문서에 더하세요.
+        # END SOLUTION
         413: {"model": ErrorResponse, "description": "요청 본문이 64 KiB 초과"},
         502: {"model": ErrorResponse, "description": "LLM 서버 오류 (5xx)"},
         503: {"model": ErrorResponse, "description": "LLM 호출 한도 초과 (429), Retry-After 헤더 포함"},
@@ -453,12 +818,23 @@ async def metrics() -> Response:
         500: {"model": ErrorResponse, "description": "예상하지 못한 서버 오류"},
     },
 )
-async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]) -> ChatResponse:
+# BEGIN SOLUTION
+async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)],
+               response: Response) -> ChatResponse:
+# STARTER
+# # TODO 4 (lesson §3): 응답 헤더 X-Fallback 을 쓰려면 response: Response 를 받으세요.
+# async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]) -> ChatResponse:
+# END SOLUTION
     # 입력 드리프트: 검증을 통과한 모든 질문의 길이 (LLM 이 답하기 전에, 실패한 요청도 입력은 입력).
     telemetry.set_drift(app.state.drift.observe(req.message))
     try:
         # 시스템 지시(프롬프트 버전의 내용)와 사용자 질문을 역할을 나눠 보냅니다.
-        reply = await invoke_llm(llm, [SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)], settings.llm_model)
+        # BEGIN SOLUTION
+        reply, answered_by = await answer_with_fallback(llm, [SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)])
+        # STARTER
+        # # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): answer_with_fallback 으로 (답, 답한 모델)을 받으세요.
+        # reply = await invoke_llm(llm, [SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)], settings.llm_model)
+        # END SOLUTION
     except ModelRateLimitError as exc:  # 429 -> GoogleRateLimitError
         raise ApiError(
             503,
@@ -472,8 +848,36 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
         raise ApiError(
             504, "upstream_timeout", f"LLM 이 {settings.llm_timeout_seconds:g}초 안에 응답하지 않았습니다."
         ) from None
+    # BEGIN SOLUTION
+    except TimeoutError:  # 요청의 데드라인 (REQUEST_DEADLINE_SECONDS) 이 다 됨
+        raise ApiError(504, "upstream_timeout",
+                       f"LLM 이 데드라인 {settings.request_deadline_seconds:g}초 안에 답하지 못했습니다.") from None
+    except ContentBlocked:  # 다시 물어도 같음: 재시도도 Fallback 도 없이 422
+        raise ApiError(422, "content_blocked", "안전 필터가 이 질문의 답을 막았습니다. 질문을 바꿔 보세요.") from None
+    except MALFORMED:
+        raise ApiError(502, "upstream_malformed", "LLM 이 읽을 수 없는 답을 보냈습니다. 잠시 후 다시 시도하세요.") from None
+    except ModelInvalidRequestError:  # 업스트림 400: 이 서비스의 설정(키, 모델 이름) 문제. 재시도하지 않음
+        raise ApiError(502, "upstream_bad_request", "LLM 이 요청을 거절했습니다 (서비스 설정 문제).") from None
+    except (CircuitOpen, httpx2.TransportError, httpx.TransportError):  # 열린 회로, 연결 실패
+        raise ApiError(503, "upstream_unavailable", "LLM 을 잠시 쓸 수 없습니다. 잠시 후 다시 시도하세요.",
+                       headers={"Retry-After": str(math.ceil(settings.circuit_reset_seconds))}) from None
+    # STARTER
+    # # TODO 5 (lesson §4 '업스트림의 이상한 답'): 새 실패를 문서에 적은 JSON 으로: 데드라인 504 upstream_timeout,
+    # # SAFETY 422 content_blocked, 빈 답/깨진 본문 502 upstream_malformed, 업스트림 400 502 upstream_bad_request,
+    # # 열린 회로(Fallback 없음) 503 upstream_unavailable. 500 은 절대 나가면 안 됩니다.
+    # END SOLUTION
     usage = reply.usage_metadata or {}
-    response_id = app.state.responses.issue()
+    # BEGIN SOLUTION
+    response_id = await app.state.shared_responses.issue()  # REDIS_URL 이 있으면 모든 복제본이 아는 id
+    fallback = answered_by != settings.llm_model
+    observability.note(fallback=fallback)
+    if fallback:
+        response.headers["X-Fallback"] = answered_by
+    # STARTER
+    # # TODO 9 (lesson §7): 응답 id 를 공유 저장소(resilience.SharedResponses)에.
+    # # TODO 4 (lesson §3): Fallback 이 답했으면 표시하세요: 헤더 X-Fallback: <모델>, 로그 줄의 fallback.
+    # response_id = app.state.responses.issue()
+    # END SOLUTION
     telemetry.record_answer(settings.llm_model, refused=quality.is_refusal(reply.text))
     if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
         schedule_judge(req.message, reply.text)
@@ -482,7 +886,13 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
                         req.message, reply.text)
     return ChatResponse(
         response=reply.text,
-        model=settings.llm_model,
+        # BEGIN SOLUTION
+        model=answered_by,
+        fallback=fallback,
+        # STARTER
+        # # TODO 4 (lesson §3): model 은 실제로 답한 모델, fallback 은 Fallback 이 답했는지.
+        # model=settings.llm_model,
+        # END SOLUTION
         prompt_version=settings.prompt_version,
         usage=Usage(
             input_tokens=usage.get("input_tokens", 0),
@@ -497,7 +907,12 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     "/feedback",
     response_model=FeedbackResponse,
     summary="답 하나에 피드백 (좋아요/싫어요, 선택 점수)",
-    dependencies=[Depends(require_api_key)],
+    # BEGIN SOLUTION
+    dependencies=[Depends(require_api_key), Depends(rate_limit)],
+    # STARTER
+    # # TODO 6 (lesson §5): /feedback 에도 키별 한도.
+    # dependencies=[Depends(require_api_key)],
+    # END SOLUTION
     responses={
         401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
         404: {"model": ErrorResponse, "description": "이 서비스가 낸 response_id 가 아님 (unknown_response_id)"},
@@ -506,7 +921,12 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
 )
 async def feedback(req: FeedbackRequest) -> FeedbackResponse:
     # 검증(422)은 FastAPI 가 FeedbackRequest 로 먼저 합니다: 잘못된 피드백은 어떤 카운터도 바꾸지 않습니다.
-    outcome = app.state.responses.claim(req.response_id)
+    # BEGIN SOLUTION
+    outcome = await app.state.shared_responses.claim(req.response_id)
+    # STARTER
+    # # TODO 9 (lesson §7 '로드 밸런서 뒤의 복제본 두 개'): 다른 복제본이 낸 id 도 받도록 공유 저장소에서.
+    # outcome = app.state.responses.claim(req.response_id)
+    # END SOLUTION
     if outcome == quality.IssuedResponses.UNKNOWN:
         raise ApiError(404, "unknown_response_id",
                        "이 서비스가 낸 response_id 가 아닙니다 (최근 10 000 개의 답만 기억합니다).")

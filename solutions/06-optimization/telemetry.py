@@ -148,6 +148,40 @@ def record_judge(model: str, score: int) -> None:
 
 def set_drift(psi: float) -> None:
     input_drift.set(psi)
+# BEGIN SOLUTION
+
+
+# 06단계: 안정성 메트릭. Prometheus 이름은 llm_fallbacks_total, llm_ratelimit_errors_total, llm_ratelimit_rejections_total,
+# llm_requests_shed_total (카운터는 _total 이 붙음). 라벨에 키나 클라이언트 id 는 넣지 않습니다 (값의 종류가 끝이 없음).
+fallbacks = meter.create_counter("llm.fallbacks", description="Fallback 모델로 넘어간 /chat (reason: error, timeout, circuit_open)")
+ratelimit_errors = meter.create_counter("llm.ratelimit.errors",
+                                        description="한도 저장소(Redis) 오류: 그 요청은 한도 없이 통과 (fail open)")
+ratelimit_rejections = meter.create_counter("llm.ratelimit.rejections", description="API 키별 한도로 429 를 낸 요청")
+requests_shed = meter.create_counter("llm.requests.shed", description="동시 처리 한도(MAX_IN_FLIGHT)로 503 overloaded 를 낸 요청")
+
+
+def record_fallback(primary_model: str, reason: str) -> None:
+    """primary_model = 실패한 주 모델 (gen_ai_request_model 라벨), reason = error | timeout | circuit_open."""
+    fallbacks.add(1, {"gen_ai.request.model": primary_model, "reason": reason})
+
+
+def record_ratelimit_error() -> None:
+    ratelimit_errors.add(1)
+
+
+def record_ratelimit_rejection() -> None:
+    ratelimit_rejections.add(1)
+
+
+def record_shed() -> None:
+    requests_shed.add(1)
+
+
+# STARTER
+# # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): Fallback 카운터 llm.fallbacks (라벨 gen_ai.request.model, reason)와
+# # record_fallback(primary_model, reason) 을 만드세요. §5, §6 의 카운터(llm.ratelimit.errors, llm.ratelimit.rejections,
+# # llm.requests.shed)도 여기에.
+# END SOLUTION
 
 
 def metrics_body() -> tuple[bytes, str]:

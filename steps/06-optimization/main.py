@@ -43,6 +43,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 import observability
 import prompt_store
+# TODO 1 (lesson §2 '데드라인 있는 재시도'): 06단계의 모듈을 가져오세요: pybreaker (§3), limits (§5), resilience.py (§5, §7).
 
 logger = logging.getLogger("llm-chat")
 
@@ -74,6 +75,10 @@ class Settings(BaseSettings):
     sentry_dsn: SecretStr | None = None
     # 프롬프트 암호화 (lesson §4): 쉼표로 구분한 Fernet 키들 (첫 키가 암호화). 비우면 질문과 답을 저장하지 않음.
     prompt_encryption_keys: SecretStr | None = None
+    # TODO 1 (lesson §2 '데드라인 있는 재시도'): 06단계 설정을 더하세요 (README 의 설정 표):
+    # request_deadline_seconds (2.5), fallback_model ("gemini-3.5-flash-lite"), fallback_reserve_seconds (0.8),
+    # circuit_fail_max (5), circuit_reset_seconds (10), rate_limit ("60/minute"), redis_url (None),
+    # service_api_keys (SecretStr | None), max_in_flight (32).
 
     @field_validator("google_api_key", "service_api_key")
     @classmethod
@@ -155,6 +160,7 @@ class ChatResponse(BaseModel):
     prompt_version: str = Field(description="답변에 쓴 시스템 프롬프트 버전 (PROMPT_VERSION)")
     usage: Usage
     response_id: str = Field(description="이 답의 id (32자리 16진수): POST /feedback 에 그대로 보냅니다")
+    # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): Fallback 이 답한 응답을 표시할 필드 fallback: bool (기본 False).
 
 
 class ErrorDetail(BaseModel):
@@ -221,6 +227,8 @@ HTTP_ERRORS = {
 # google-genai 3.x 는 기본으로 httpx2 를 씁니다 (GOOGLE_GENAI_HTTP_CLIENT=httpx 이면 httpx).
 # 타임아웃은 SDK 가 감싸지 않은 httpx2.ReadTimeout 등으로 올라오므로 둘 다 잡습니다.
 UPSTREAM_TIMEOUTS = (httpx2.TimeoutException, httpx.TimeoutException)
+# TODO 5 (lesson §4 '업스트림의 이상한 답'): SAFETY 로 막힌 답(finish_reason), 후보가 없거나 빈 답, 깨진 본문
+# (json.JSONDecodeError)을 구분할 예외와 check_reply(reply) 를 만드세요. 500 이 나가면 안 됩니다.
 
 
 def retry_after_seconds(exc: Exception, default: int = 5) -> int:
@@ -237,6 +245,8 @@ def retry_after_seconds(exc: Exception, default: int = 5) -> int:
 
 def error_type(exc: BaseException) -> str:
     """LLM 호출 실패의 종류 = 클라이언트가 받는 오류 코드 (아래 chat() 의 except 절과 같은 분류)."""
+    # TODO 5 (lesson §4 '업스트림의 이상한 답'): 새 실패의 종류 content_blocked, upstream_malformed,
+    # upstream_bad_request, upstream_unavailable, 그리고 데드라인(TimeoutError)의 upstream_timeout.
     if isinstance(exc, ModelRateLimitError):
         return "upstream_rate_limited"
     if isinstance(exc, ServerError):
@@ -246,6 +256,8 @@ def error_type(exc: BaseException) -> str:
     return "internal_error"
 
 
+# TODO 2 (lesson §2 '데드라인 있는 재시도'): 재시도할 실패와 하지 않을 실패를 나누세요: 깨진 본문/빈 답과
+# 데드라인의 TimeoutError 는 재시도, 400 계열(ModelInvalidRequestError)과 SAFETY 차단은 절대 재시도하지 않음.
 def retryable(exc: BaseException) -> bool:
     """다시 시도할 실패: 429, 5xx, 시간 초과, 연결 실패 (google-genai 의 기본 재시도와 같은 기준).
     요청이 틀린 4xx 나 깨진 응답은 다시 보내도 같으므로 바로 실패합니다."""
@@ -262,6 +274,8 @@ async def attempt_llm(llm, messages: list, model: str):
                                       record_exception=False, set_status_on_exception=False) as span:
         try:
             reply = await llm.ainvoke(messages)
+        # TODO 5 (lesson §4 '업스트림의 이상한 답'): 답을 check_reply 로 보고, 데드라인에 끊긴 시도
+        # (asyncio.CancelledError)도 스팬에 실패로 남기세요.
         except Exception as exc:
             span.set_attribute("error.type", error_type(exc))
             span.set_status(StatusCode.ERROR, type(exc).__name__)  # 예외 메시지는 넣지 않음
@@ -272,6 +286,8 @@ async def attempt_llm(llm, messages: list, model: str):
         return reply
 
 
+# TODO 3 (lesson §2 '데드라인 있는 재시도'): invoke_llm 이 시간 예산의 끝(until, loop.time() 기준), 서킷 브레이커,
+# Sentry 로 보낼지(capture), 시도 횟수를 돌려줄 dict(stats)를 받게 하세요.
 async def invoke_llm(llm, messages: list, model: str):
     """LLM 호출 한 번: 서비스가 시도를 직접 돌립니다 (클라이언트의 재시도는 max_retries=1 로 끔). 총 시도는
     LLM_MAX_ATTEMPTS 번, 시도마다 스팬 하나. 메트릭은 04단계와 같이 호출(모든 시도) 한 번에 하나."""
@@ -280,6 +296,8 @@ async def invoke_llm(llm, messages: list, model: str):
     observability.note(model=model, prompt_version=settings.prompt_version)
     try:
         # google-genai 의 기본 재시도와 같은 대기: 1초에서 두 배씩, 최대 60초, 0~1초 흔들기(jitter).
+        # TODO 3 (lesson §2 '데드라인 있는 재시도'): 데드라인 안에서만 재시도하세요: 시도마다 asyncio.timeout(남은 시간),
+        # 대기는 작게(0.1 초에서 최대 0.5 초, 지터), 대기 뒤 남은 시간이 모자라면 멈춤, 429 의 RetryInfo 는 들어갈 때만.
         async for attempt in AsyncRetrying(stop=stop_after_attempt(settings.llm_max_attempts),
                                            retry=retry_if_exception(retryable),
                                            wait=wait_exponential_jitter(initial=1, max=60, exp_base=2, jitter=1),
@@ -291,6 +309,7 @@ async def invoke_llm(llm, messages: list, model: str):
         kind = error_type(exc)
         observability.note(attempts=attempts)
         telemetry.record_operation(model, time.perf_counter() - started, error_type=kind)
+        # TODO 3 (lesson §3): Fallback 이 있으면 Sentry 이벤트는 요청의 마지막 실패 하나만 (capture=False 면 보내지 않음).
         if kind != "internal_error" and observability.in_request():
             # 재시도가 모두 끝난 업스트림 실패 = 502/503/504 응답 하나 = Sentry 이벤트 하나 (판정 호출은 제외)
             observability.capture_upstream_failure(exc, structlog.contextvars.get_contextvars().get("request_id"))
@@ -302,6 +321,9 @@ async def invoke_llm(llm, messages: list, model: str):
     observability.note(attempts=attempts, input_tokens=input_tokens, output_tokens=output_tokens,
                        cost_usd=telemetry.call_cost(model, input_tokens, output_tokens))
     return reply
+# TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): pybreaker.CircuitBreaker(CIRCUIT_FAIL_MAX, CIRCUIT_RESET_SECONDS)로
+# 주 모델의 시도를 감싸고, 주 모델이 실패하거나(재시도 뒤) 시간이 넘거나 회로가 열려 있으면 FALLBACK_MODEL 을 남은
+# 시간으로 부르는 answer_with_fallback(llm, messages) -> (답, 답한 모델) 을 만드세요. 메트릭 llm_fallbacks_total.
 
 
 async def judge_answer(question: str, answer: str, answer_model: str) -> None:
@@ -357,12 +379,16 @@ async def lifespan(app: FastAPI):
     app.state.judge_tasks = set()  # 진행 중인 판정 작업 (강한 참조)
     app.state.responses = quality.IssuedResponses()  # 피드백을 받을 응답 id (최근 10 000 개)
     app.state.drift = quality.InputDrift(settings.drift_window)
+    # TODO 8 (lesson §6, §8): 시작할 때 Fallback 클라이언트, resilience.RateLimiter, resilience.SharedResponses,
+    # 동시 처리 수(in_flight)와 준비 상태(ready)를 만드세요.
     yield
+    # TODO 10 (lesson §8 '우아한 종료와 롤링 재시작'): 종료가 시작되면 /ready 가 503 을 내게 하세요.
     # 종료: 남은 판정 작업을 기다린 뒤(각 작업은 타임아웃과 시도 횟수로 끝이 있음) 클라이언트를 닫습니다.
     if app.state.judge_tasks:
         await asyncio.gather(*app.state.judge_tasks, return_exceptions=True)
     await judge_llm.aclose()
     await app.state.llm.aclose()
+    # TODO 10 (lesson §8): Fallback 클라이언트와 한도 저장소(Redis 연결)도 닫으세요.
     TRACER_PROVIDER.force_flush()  # 모아 둔 스팬을 지금 내보냄 (BatchSpanProcessor). 프로세스가 끝날 때 SDK 가 shutdown
     import sentry_sdk
 
@@ -418,13 +444,20 @@ def get_llm(request: Request) -> ChatGoogleGenerativeAI:
 
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="서비스 API 키 (SERVICE_API_KEY)")
+# TODO 6 (lesson §5 'API 키별 Rate Limiting'): SERVICE_API_KEYS 의 키도 받으세요 (키 하나 = 클라이언트 하나).
 
 
 def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> None:
+    # TODO 6 (lesson §5): SERVICE_API_KEYS 의 키도 받으세요 (모든 키와 상수 시간 비교).
     expected = settings.service_api_key.get_secret_value()
     # 상수 시간 비교: 맞은 글자 수에 따라 응답 시간이 달라지지 않게 합니다.
+    # TODO 6 (lesson §5): 모든 키와 비교하세요 (any 에 리스트를 넘겨 맞는 키를 찾아도 끝까지 비교).
     if api_key is None or not secrets.compare_digest(api_key.encode(), expected.encode()):
         raise ApiError(401, "unauthorized", "X-API-Key 헤더가 없거나 올바르지 않습니다.")
+# TODO 6 (lesson §5 'API 키별 Rate Limiting'): 인증 뒤에 키별 한도를 재는 의존성 rate_limit 을 만드세요
+# (429 rate_limited + Retry-After + RateLimit-Policy/RateLimit 헤더, 성공 응답에도 RateLimit).
+# TODO 7 (lesson §6 '동시성 한도와 부하 차단'): MAX_IN_FLIGHT 를 넘는 /chat 은 바로 503 overloaded + Retry-After: 1.
+# TODO 10 (lesson §8 '우아한 종료와 롤링 재시작'): SIGTERM 을 받으면 준비 상태를 내리세요 (uvicorn 의 처리기도 부름).
 
 
 @app.get("/health", response_model=HealthResponse, summary="헬스 체크 (LLM 을 부르지 않음)")
@@ -432,6 +465,7 @@ async def health() -> HealthResponse:
     return HealthResponse(status="ok", model=settings.llm_model, prompt_version=settings.prompt_version)
 
 
+# TODO 10 (lesson §8 '우아한 종료와 롤링 재시작'): GET /ready: 평소 200 {"status": "ready"}, 종료가 시작되면 503.
 @app.get("/metrics", summary="Prometheus 메트릭 (키 없음, 비밀 값 없음)", include_in_schema=False)
 async def metrics() -> Response:
     # Prometheus 는 키 없이 긁어 갑니다: 여기에는 질문, 사용자 id, 키 같은 값이 절대 들어가지 않습니다.
@@ -443,9 +477,11 @@ async def metrics() -> Response:
     "/chat",
     response_model=ChatResponse,
     summary="LLM 에게 질문하기",
+    # TODO 6, 7 (lesson §5, §6): 인증 뒤에 키별 한도(rate_limit)와 동시 처리 한도(in_flight_slot).
     dependencies=[Depends(require_api_key)],
     responses={
         401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
+        # TODO 6 (lesson §5): 새 응답(422 content_blocked, 429 rate_limited)을 문서에 더하세요.
         413: {"model": ErrorResponse, "description": "요청 본문이 64 KiB 초과"},
         502: {"model": ErrorResponse, "description": "LLM 서버 오류 (5xx)"},
         503: {"model": ErrorResponse, "description": "LLM 호출 한도 초과 (429), Retry-After 헤더 포함"},
@@ -453,11 +489,13 @@ async def metrics() -> Response:
         500: {"model": ErrorResponse, "description": "예상하지 못한 서버 오류"},
     },
 )
+# TODO 4 (lesson §3): 응답 헤더 X-Fallback 을 쓰려면 response: Response 를 받으세요.
 async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]) -> ChatResponse:
     # 입력 드리프트: 검증을 통과한 모든 질문의 길이 (LLM 이 답하기 전에, 실패한 요청도 입력은 입력).
     telemetry.set_drift(app.state.drift.observe(req.message))
     try:
         # 시스템 지시(프롬프트 버전의 내용)와 사용자 질문을 역할을 나눠 보냅니다.
+        # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): answer_with_fallback 으로 (답, 답한 모델)을 받으세요.
         reply = await invoke_llm(llm, [SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)], settings.llm_model)
     except ModelRateLimitError as exc:  # 429 -> GoogleRateLimitError
         raise ApiError(
@@ -472,7 +510,12 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
         raise ApiError(
             504, "upstream_timeout", f"LLM 이 {settings.llm_timeout_seconds:g}초 안에 응답하지 않았습니다."
         ) from None
+    # TODO 5 (lesson §4 '업스트림의 이상한 답'): 새 실패를 문서에 적은 JSON 으로: 데드라인 504 upstream_timeout,
+    # SAFETY 422 content_blocked, 빈 답/깨진 본문 502 upstream_malformed, 업스트림 400 502 upstream_bad_request,
+    # 열린 회로(Fallback 없음) 503 upstream_unavailable. 500 은 절대 나가면 안 됩니다.
     usage = reply.usage_metadata or {}
+    # TODO 9 (lesson §7): 응답 id 를 공유 저장소(resilience.SharedResponses)에.
+    # TODO 4 (lesson §3): Fallback 이 답했으면 표시하세요: 헤더 X-Fallback: <모델>, 로그 줄의 fallback.
     response_id = app.state.responses.issue()
     telemetry.record_answer(settings.llm_model, refused=quality.is_refusal(reply.text))
     if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
@@ -482,6 +525,7 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
                         req.message, reply.text)
     return ChatResponse(
         response=reply.text,
+        # TODO 4 (lesson §3): model 은 실제로 답한 모델, fallback 은 Fallback 이 답했는지.
         model=settings.llm_model,
         prompt_version=settings.prompt_version,
         usage=Usage(
@@ -497,6 +541,7 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     "/feedback",
     response_model=FeedbackResponse,
     summary="답 하나에 피드백 (좋아요/싫어요, 선택 점수)",
+    # TODO 6 (lesson §5): /feedback 에도 키별 한도.
     dependencies=[Depends(require_api_key)],
     responses={
         401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
@@ -506,6 +551,7 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
 )
 async def feedback(req: FeedbackRequest) -> FeedbackResponse:
     # 검증(422)은 FastAPI 가 FeedbackRequest 로 먼저 합니다: 잘못된 피드백은 어떤 카운터도 바꾸지 않습니다.
+    # TODO 9 (lesson §7 '로드 밸런서 뒤의 복제본 두 개'): 다른 복제본이 낸 id 도 받도록 공유 저장소에서.
     outcome = app.state.responses.claim(req.response_id)
     if outcome == quality.IssuedResponses.UNKNOWN:
         raise ApiError(404, "unknown_response_id",

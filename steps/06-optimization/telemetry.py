@@ -148,6 +148,9 @@ def record_judge(model: str, score: int) -> None:
 
 def set_drift(psi: float) -> None:
     input_drift.set(psi)
+# TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): Fallback 카운터 llm.fallbacks (라벨 gen_ai.request.model, reason)와
+# record_fallback(primary_model, reason) 을 만드세요. §5, §6 의 카운터(llm.ratelimit.errors, llm.ratelimit.rejections,
+# llm.requests.shed)도 여기에.
 
 
 def metrics_body() -> tuple[bytes, str]:

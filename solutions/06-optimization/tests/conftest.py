@@ -20,6 +20,14 @@ os.environ.update({
     "PROMPT_VERSION": "v2",
     # 판정은 테스트가 켤 때만 (판정 클라이언트의 주소도 닫힌 포트)
     "JUDGE_SAMPLE_RATE": "0",
+    # BEGIN SOLUTION
+    # 06단계: 05단계의 테스트(시도 횟수 = LLM_MAX_ATTEMPTS, 실패는 502/503/504)는 Fallback 과 회로 차단기 없이.
+    # 06단계의 테스트(test_resilience.py)는 필요한 설정을 직접 바꿉니다.
+    "FALLBACK_MODEL": "",
+    "CIRCUIT_FAIL_MAX": "1000000",
+    # STARTER
+    # # TODO 4 (lesson §3): Fallback 과 회로 차단기를 만들면 05단계 테스트는 그것 없이 (FALLBACK_MODEL="").
+    # END SOLUTION
 })
 
 

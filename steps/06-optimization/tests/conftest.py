@@ -20,6 +20,7 @@ os.environ.update({
     "PROMPT_VERSION": "v2",
     # 판정은 테스트가 켤 때만 (판정 클라이언트의 주소도 닫힌 포트)
     "JUDGE_SAMPLE_RATE": "0",
+    # TODO 4 (lesson §3): Fallback 과 회로 차단기를 만들면 05단계 테스트는 그것 없이 (FALLBACK_MODEL="").
 })
 
 

@@ -1,0 +1,119 @@
+"""06단계: 복제본 여러 개가 함께 쓰는 한도와 상태 (lesson §5, §7).
+
+- `RateLimiter`: API 키별 한도 (limits 의 MovingWindowRateLimiter). REDIS_URL 이 있으면 Redis 에 세므로
+  복제본 몇 개가 떠 있어도 한도 하나, 없으면 이 프로세스의 메모리에 셉니다 (복제본 하나일 때만 맞음).
+  Redis 가 죽으면 FAIL OPEN: 요청은 통과시키고 경고(30초에 한 번)와 메트릭 llm_ratelimit_errors_total 을 남깁니다.
+- `SharedResponses`: /feedback 이 받을 응답 id. REDIS_URL 이 있으면 Redis 에도 적어 어느 복제본이 답해도 됩니다.
+- `client_id`: 한도의 키 = API 키의 sha256 앞 16자리 (원래 키도, 클라이언트 IP 도 아님).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import quality
+import telemetry
+
+logger = logging.getLogger("llm-chat.resilience")
+
+# Redis 가 느리거나 죽었을 때 요청 하나에 더해지는 시간의 상한 (연결, 읽기 모두). 재시도하지 않습니다.
+REDIS_TIMEOUT_SECONDS = 0.1
+WARN_EVERY_SECONDS = 30.0  # Redis 오류 경고를 로그에 남기는 간격 (오류마다 한 줄이면 로그가 넘칩니다)
+RESPONSE_TTL_SECONDS = 24 * 3600  # 피드백을 받을 수 있는 기간
+
+
+def client_id(api_key: str) -> str:
+    """한도를 셀 클라이언트 이름: 키의 sha256 앞 16자리. Redis 나 로그에 원래 키가 남지 않습니다."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def redis_options() -> dict:
+    """짧은 타임아웃, 재시도 없음: Redis 장애가 요청마다 수 초를 더하지 않게 합니다
+    (redis-py 6 이상은 기본으로 연결 오류를 3번까지 백오프하며 다시 시도합니다)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return {"socket_timeout": REDIS_TIMEOUT_SECONDS, "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+            "retry": Retry(NoBackoff(), 0)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """한도 판정 하나: 응답 헤더에 그대로 씁니다."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int  # 창이 다시 채워지기 시작할 때까지 (초, 1 이상)
+    window_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        """IETF draft (RateLimit 헤더 필드, draft-07 모양): 성공 응답에도 붙입니다."""
+        return {"RateLimit-Policy": f"{self.limit};w={self.window_seconds}",
+                "RateLimit": f"limit={self.limit}, remaining={self.remaining}, reset={self.reset_seconds}"}
+
+
+class RateLimiter:
+    """API 키별 한도. `await hit(key)` 가 Decision 을 돌려주고, 저장소 오류면 None (= 통과, fail open)."""
+
+    def __init__(self, rate: str, redis_url: str | None):
+        from limits import parse
+
+        self.item = parse(rate)  # 예: "60/minute" -> 60 회 / 60 초
+        self.redis_url = redis_url
+        self.storage = None
+        self.limiter = None
+        self._last_warning = -math.inf
+        # TODO 6 (lesson §5 'API 키별 Rate Limiting'): limits 의 저장소와 MovingWindowRateLimiter 를 만드세요.
+        # REDIS_URL 이 있으면 storage_from_string("async+redis://...", implementation="redispy", **redis_options()),
+        # 없으면 "async+memory://" (복제본이 둘이면 한도가 두 배가 되는 이유: lesson §5).
+        pass
+
+    @property
+    def window_seconds(self) -> int:
+        return int(self.item.get_expiry())
+
+    async def hit(self, api_key: str) -> Decision | None:
+        """요청 하나를 셉니다. None = 한도를 재지 못함 (아직 구현 전이거나 저장소 장애: 요청을 통과시킴)."""
+        # TODO 7 (lesson §5 'API 키별 Rate Limiting'): client_id(api_key) 를 키로 self.limiter.hit() 와
+        # get_window_stats() 를 부르고 Decision 을 돌려주세요. 저장소 오류는 잡아서 None (fail open) 과
+        # telemetry.record_ratelimit_error(), 경고는 WARN_EVERY_SECONDS 에 한 번만.
+        return None
+
+    async def aclose(self) -> None:
+        bridge = getattr(self.storage, "bridge", None)
+        client = getattr(bridge, "storage", None)
+        if client is not None and hasattr(client, "aclose"):
+            await client.aclose()
+
+
+class SharedResponses:
+    """피드백을 받을 응답 id. 프로세스 안(quality.IssuedResponses)에 늘 적고, REDIS_URL 이 있으면 Redis 에도
+    적습니다. 받을 때는 Redis 가 먼저 (다른 복제본이 낸 id 도 받음), Redis 오류면 프로세스 안의 기록으로."""
+
+    UNKNOWN, EXISTS, CLAIMED = quality.IssuedResponses.UNKNOWN, quality.IssuedResponses.EXISTS, quality.IssuedResponses.OK
+
+    def __init__(self, redis_url: str | None):
+        self.local = quality.IssuedResponses()
+        self.redis = None
+        # TODO 9 (lesson §7 '로드 밸런서 뒤의 복제본 두 개'): REDIS_URL 이 있으면 redis.asyncio.from_url(url,
+        # **redis_options()) 로 클라이언트를 만드세요. 없으면 복제본마다 자기가 낸 id 만 알아
+        # 다른 복제본이 낸 답의 피드백이 404 가 됩니다.
+
+    async def issue(self) -> str:
+        response_id = self.local.issue()
+        # TODO 9 (lesson §7): Redis 에도 SET llm-chat:response:<id> issued EX RESPONSE_TTL_SECONDS
+        return response_id
+
+    async def claim(self, response_id: str) -> str:
+        # TODO 9 (lesson §7): Redis 에서 원자적으로 받으세요: SET <key> claimed XX GET KEEPTTL
+        # (이전 값 None = 모르는 id, "claimed" = 이미 피드백 있음).
+        return self.local.claim(response_id)
+
+    async def aclose(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
