@@ -1,0 +1,236 @@
+"""faq-widget (step 06 판): 한 서비스에 스위치를 달아 각 기법의 '전'과 '후'를 같은 부하로 잽니다.
+
+POST /ask {"q"} -> {"reply", "model", "fallback"}   (X-API-Key 필요)
+GET  /healthz (살아 있나), GET /ready (트래픽을 받아도 되나), GET /metrics
+
+설정 (환경 변수, 레슨이 절마다 하나씩 바꿉니다):
+  WIDGET_RETRY        sdk (전: SDK 기본 재시도, 데드라인 없음) | deadline (후: tenacity + 전체 데드라인)
+  WIDGET_DEADLINE     요청 하나의 전체 시간 예산 (초, 2.5)
+  WIDGET_ATTEMPTS     모델마다 시도 횟수 상한 (3)
+  WIDGET_FALLBACK     두 번째 모델 (빈 값이면 Fallback 없음)
+  WIDGET_BREAKER      연속 실패 몇 번에 회로를 열까 (0 이면 서킷 브레이커 없음)
+  WIDGET_RATE_LIMIT   "10/minute" 같은 limits 문자열 (빈 값이면 제한 없음)
+  WIDGET_LIMIT_BY     key (API 키의 해시) | ip (클라이언트 주소: 밸런서 뒤에서 틀린 선택)
+  WIDGET_REDIS_URL    redis://... 이면 한도를 Redis 에 (복제본이 공유), 없으면 프로세스 메모리
+  WIDGET_MAX_IN_FLIGHT 동시에 처리할 /ask 수 (0 이면 무제한: 줄을 서서 기다림)
+  WIDGET_API_KEYS     받아 주는 클라이언트 키들 (쉼표로 구분)
+"""
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+
+import httpx2
+import pybreaker
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from langchain_core.exceptions import ModelError, ModelInvalidRequestError
+from langchain_google_genai import ChatGoogleGenerativeAI
+from limits import parse
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from prometheus_client import Counter, make_asgi_app
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+MODEL = os.environ.get("WIDGET_MODEL", "gemini-3.5-flash")
+RETRY = os.environ.get("WIDGET_RETRY", "deadline")
+DEADLINE = float(os.environ.get("WIDGET_DEADLINE", "2.5"))
+ATTEMPTS = int(os.environ.get("WIDGET_ATTEMPTS", "3"))
+FALLBACK = os.environ.get("WIDGET_FALLBACK", "")
+RESERVE = float(os.environ.get("WIDGET_FALLBACK_RESERVE", "0.8"))
+BREAKER = int(os.environ.get("WIDGET_BREAKER", "0"))
+RATE_LIMIT = os.environ.get("WIDGET_RATE_LIMIT", "")
+LIMIT_BY = os.environ.get("WIDGET_LIMIT_BY", "key")
+REDIS_URL = os.environ.get("WIDGET_REDIS_URL", "")
+MAX_IN_FLIGHT = int(os.environ.get("WIDGET_MAX_IN_FLIGHT", "0"))
+KEYS = {k.strip() for k in os.environ.get("WIDGET_API_KEYS", "lab-service-key").split(",") if k.strip()}
+REPLICA = os.environ.get("WIDGET_REPLICA", "1")
+SYSTEM = "당신은 웹사이트 도움말 위젯입니다. 지식 베이스에 있는 내용만 짧게 답하세요."
+
+log = logging.getLogger("faq-widget")
+FALLBACKS = Counter("widget_fallbacks", "Fallback 모델이 답한 요청", ["reason"])
+SHED = Counter("widget_shed", "부하 차단으로 바로 503 을 준 요청")
+LIMIT_ERRORS = Counter("widget_ratelimit_errors", "한도 저장소(Redis)에 닿지 못해 그냥 통과시킨 요청")
+
+
+class Ask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    q: str = Field(min_length=1, max_length=2000)
+
+
+class Blocked(Exception):
+    """모델이 안전 정책으로 답을 막았습니다 (다시 물어도 같음: 재시도하지 않음)."""
+
+
+class Empty(Exception):
+    """200 이지만 쓸 답이 없습니다 (빈 후보, 빈 텍스트): 일시적일 수 있어 재시도합니다."""
+
+
+def client(model: str) -> ChatGoogleGenerativeAI:
+    if RETRY == "sdk":  # 전: SDK 에 맡김 (시도 횟수 상한 6, 시도마다 타임아웃 없음)
+        return ChatGoogleGenerativeAI(model=model)
+    return ChatGoogleGenerativeAI(model=model, max_retries=1)  # 후: 재시도는 이 서비스가 한 곳에서
+
+
+LLMS = {m: client(m) for m in {MODEL, FALLBACK} if m}
+breaker = pybreaker.CircuitBreaker(fail_max=BREAKER, reset_timeout=10,
+                                   exclude=[ModelInvalidRequestError, Blocked]) if BREAKER else None
+
+
+def worth_retrying(exc: BaseException) -> bool:
+    """429, 5xx, 타임아웃, 연결 오류, 깨진·빈 200 은 다시 해 볼 만합니다. 400 과 안전 차단은 아닙니다."""
+    if isinstance(exc, (ModelInvalidRequestError, Blocked, pybreaker.CircuitBreakerError)):
+        return False
+    return isinstance(exc, (ModelError, httpx2.TransportError, TimeoutError, ValueError, Empty))
+
+
+def answer_text(msg) -> str:
+    reason = str(msg.response_metadata.get("finish_reason", ""))
+    if "SAFETY" in reason or "BLOCK" in reason:
+        raise Blocked(reason)
+    if not msg.text.strip():
+        raise Empty(reason or "no text")
+    return msg.text
+
+
+async def one_model(model: str, q: str, until: float) -> str:
+    """`model` 에 `until` (loop 시각)까지, 시도 횟수 상한 ATTEMPTS 안에서 묻습니다."""
+    loop = asyncio.get_running_loop()
+
+    def out_of_time(state) -> bool:  # 다음 대기가 데드라인을 넘기면 그만
+        return loop.time() + (state.upcoming_sleep or 0) >= until
+
+    retrying = AsyncRetrying(stop=stop_after_attempt(ATTEMPTS) | out_of_time,
+                             wait=wait_random_exponential(multiplier=0.1, max=0.5),
+                             retry=retry_if_exception(worth_retrying), reraise=True)
+    async for attempt in retrying:
+        with attempt:
+            left = until - loop.time()
+            if left <= 0:
+                raise TimeoutError("deadline")
+            async with asyncio.timeout(left):
+                msg = await LLMS[model].ainvoke([("system", SYSTEM), ("human", q)])
+            return answer_text(msg)
+    raise AssertionError("unreachable")
+
+
+async def ask_llm(q: str) -> tuple[str, str, str | None]:
+    """(답, 답한 모델, fallback 이유 또는 None)."""
+    if RETRY == "sdk":
+        msg = await LLMS[MODEL].ainvoke([("system", SYSTEM), ("human", q)])
+        return answer_text(msg), MODEL, None
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE
+    primary_end = end - RESERVE if FALLBACK else end
+    try:
+        if breaker is not None:
+            with breaker.calling():  # 열려 있으면 여기서 바로 CircuitBreakerError
+                return await one_model(MODEL, q, primary_end), MODEL, None
+        return await one_model(MODEL, q, primary_end), MODEL, None
+    except (ModelInvalidRequestError, Blocked):
+        raise
+    except pybreaker.CircuitBreakerError:
+        reason = "circuit_open"
+    except (TimeoutError, asyncio.TimeoutError):
+        reason = "timeout"
+    except Exception:
+        reason = "error"
+    if not FALLBACK:
+        raise TimeoutError(reason) if reason == "timeout" else RuntimeError(reason)
+    text = await one_model(FALLBACK, q, end)
+    FALLBACKS.labels(reason=reason).inc()
+    return text, FALLBACK, reason
+
+
+# ------------------------------------------------------------------ rate limit
+storage = storage_from_string(("async+" + REDIS_URL) if REDIS_URL else "async+memory://",
+                              **({"implementation": "redispy", "socket_timeout": 0.2, "socket_connect_timeout": 0.2}
+                                 if REDIS_URL else {}))
+limiter = MovingWindowRateLimiter(storage)
+LIMIT = parse(RATE_LIMIT) if RATE_LIMIT else None
+
+
+async def rate_limit(request: Request, x_api_key: str) -> dict[str, str]:
+    """한도 안이면 RateLimit 헤더를, 넘으면 429 를. 저장소가 죽었으면 통과 (fail open)."""
+    if LIMIT is None:
+        return {}
+    who = hashlib.sha256(x_api_key.encode()).hexdigest()[:16] if LIMIT_BY == "key" else request.client.host
+    try:
+        allowed = await limiter.hit(LIMIT, who)
+        reset, remaining = await limiter.get_window_stats(LIMIT, who)
+    except Exception as exc:  # Redis 장애: 서비스를 멈추느니 한도 없이 답합니다 (문서화한 선택)
+        LIMIT_ERRORS.inc()
+        log.warning("rate limit storage unavailable, failing open: %s", type(exc).__name__)
+        return {}
+    window = LIMIT.get_expiry()
+    wait = max(1, int(reset - time.time() + 0.999))
+    headers = {"RateLimit-Policy": f"{LIMIT.amount};w={window}",
+               "RateLimit": f"limit={LIMIT.amount}, remaining={remaining}, reset={wait}"}
+    if not allowed:
+        raise HTTPException(429, {"code": "rate_limited"}, headers={**headers, "Retry-After": str(wait)})
+    return headers
+
+
+# ------------------------------------------------------------------ app
+state = {"ready": False, "in_flight": 0}
+
+
+@asynccontextmanager
+async def lifespan(app):
+    state["ready"] = True
+    yield
+    state["ready"] = False  # uvicorn 은 SIGTERM 뒤 처리 중인 요청을 끝내고 여기로 옵니다
+
+
+app = FastAPI(lifespan=lifespan)
+app.mount("/metrics", make_asgi_app())
+
+
+def require_key(x_api_key: str = Header(default="")) -> str:
+    if x_api_key not in KEYS:
+        raise HTTPException(401, {"code": "unauthorized"})
+    return x_api_key
+
+
+@app.exception_handler(HTTPException)
+async def as_json(request, exc: HTTPException):
+    body = exc.detail if isinstance(exc.detail, dict) else {"code": str(exc.detail)}
+    return JSONResponse(body, exc.status_code, headers=exc.headers)
+
+
+@app.post("/ask")
+async def ask(body: Ask, request: Request, key: str = Depends(require_key)):
+    headers = await rate_limit(request, key)
+    if MAX_IN_FLIGHT and state["in_flight"] >= MAX_IN_FLIGHT:  # 줄 서게 하느니 바로 거절
+        SHED.inc()
+        return JSONResponse({"code": "overloaded"}, 503, headers={"Retry-After": "1"})
+    state["in_flight"] += 1
+    try:
+        text, model, reason = await ask_llm(body.q)
+    except Blocked:
+        return JSONResponse({"code": "content_blocked"}, 422, headers=headers)
+    except ModelInvalidRequestError:
+        return JSONResponse({"code": "upstream_bad_request"}, 502, headers=headers)
+    except (Empty, ValueError):
+        return JSONResponse({"code": "upstream_malformed"}, 502, headers=headers)
+    except Exception:
+        return JSONResponse({"code": "upstream_unavailable"}, 503, headers=headers)
+    finally:
+        state["in_flight"] -= 1
+    out = {"reply": text, "model": model, "fallback": reason is not None, "replica": REPLICA}
+    return JSONResponse(out, headers={**headers, **({"X-Fallback": model} if reason else {})})
+
+
+@app.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+
+
+@app.get("/ready")
+async def ready():
+    return JSONResponse({"status": "ready" if state["ready"] else "stopping"}, 200 if state["ready"] else 503)
+
