@@ -211,18 +211,28 @@ async def ask(body: Ask, request: Request, key: str = Depends(require_key)):
     state["in_flight"] += 1
     try:
         text, model, reason = await ask_llm(body.q)
-    except Blocked:
-        return JSONResponse({"code": "content_blocked"}, 422, headers=headers)
-    except ModelInvalidRequestError:
-        return JSONResponse({"code": "upstream_bad_request"}, 502, headers=headers)
-    except (Empty, ValueError):
-        return JSONResponse({"code": "upstream_malformed"}, 502, headers=headers)
     except Exception:
-        return JSONResponse({"code": "upstream_unavailable"}, 503, headers=headers)
+        if RETRY == "sdk":  # 전: 예외를 그대로 (FastAPI 가 500 과 평문 오류로 답함)
+            raise
+        return outcome_of_failure()
     finally:
         state["in_flight"] -= 1
     out = {"reply": text, "model": model, "fallback": reason is not None, "replica": REPLICA}
     return JSONResponse(out, headers={**headers, **({"X-Fallback": model} if reason else {})})
+
+
+def outcome_of_failure() -> JSONResponse:
+    """실패를 문서화한 JSON 으로 (어느 것도 500 이 아님). `except` 블록 안에서만 부릅니다."""
+    try:
+        raise
+    except Blocked:
+        return JSONResponse({"code": "content_blocked"}, 422)
+    except ModelInvalidRequestError:
+        return JSONResponse({"code": "upstream_bad_request"}, 502)
+    except (Empty, ValueError):
+        return JSONResponse({"code": "upstream_malformed"}, 502)
+    except Exception:
+        return JSONResponse({"code": "upstream_unavailable"}, 503)
 
 
 @app.get("/healthz")
