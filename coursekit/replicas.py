@@ -17,10 +17,12 @@ incarnation). Everything is stopped by PID at exit. Why not grader.harness.run_s
 coursekit.lesson.start_service: they start one process once (the grader's reports a FAILED check,
 the lesson's adds the lesson simulator); a replica must come back on the same port after SIGTERM.
 
-Measured on this repository's 2-core machine with step 05's service (two replicas):
-start of one replica until /health answers ≈ 2–3 s (imports: FastAPI, langchain, OpenTelemetry);
-`restart(i)` of an idle replica ≈ 2.5–3.5 s (SIGTERM to exit ≈ 0.1–0.5 s, the rest is the start);
-`rolling_restart()` of two ≈ 5–7 s. tests/test_step06_kit.py prints its own numbers with a tiny app.
+Measured on this repository's 2-core machine with step 05's solution (two replicas, idle, simulator
+env): both started until /health answers 2.7 s (imports: FastAPI, langchain, OpenTelemetry, in
+parallel); `restart(i)` 1.4–1.7 s (SIGTERM to exit 0.16–0.22 s, start 1.1–1.5 s); `rolling_restart()`
+of two 2.8 s without pause (add 2 × pause behind nginx, see rolling_restart). With a tiny FastAPI
+app: restart 0.55 s each. A SIGTERMed uvicorn (>= 0.29) exits with code -15 after a clean graceful
+shutdown (it re-raises the signal), so `restart()` reports exit_code -15, not 0.
 """
 
 from __future__ import annotations
