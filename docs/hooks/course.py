@@ -614,12 +614,13 @@ flowchart LR
 """,
     "step06": """\
 flowchart LR
-    L["Locust"] --> LB["로드 밸런서"]
-    LB --> A1["서비스 복제본 1"]
-    LB --> A2["서비스 복제본 2"]
-    A1 & A2 <-->|"Rate Limit · 캐시"| RD[("Redis")]
-    A1 & A2 -->|"스트리밍 · 배치 · Fallback"| S[("Gemini 시뮬레이터<br/>여러 모델")]
-    G["채점기"] --> LB
+    L["부하 (Locust)"] -->|"HTTPS"| LB["nginx<br/>TLS · HSTS · 308"]
+    LB --> A1["복제본 1<br/>uvicorn main:app"]
+    LB --> A2["복제본 2<br/>uvicorn main:app"]
+    A1 & A2 <-->|"API 키별 Rate Limit<br/>응답 ID"| RD[("Redis")]
+    A1 & A2 -->|"재시도 (데드라인)<br/>서킷 브레이커"| S1[("주 모델<br/>Gemini 시뮬레이터")]
+    A1 & A2 -.->|"Fallback (표시)"| S2[("두 번째 모델")]
+    G["채점기"] -->|"장애 주입 · SIGTERM · Redis 중단"| LB
 """,
 }
 

@@ -34,7 +34,12 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from prometheus_client import Counter, make_asgi_app
 from pydantic import BaseModel, ConfigDict, Field
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 MODEL = os.environ.get("WIDGET_MODEL", "gemini-3.5-flash")
 RETRY = os.environ.get("WIDGET_RETRY", "deadline")
@@ -133,14 +138,11 @@ async def ask_llm(q: str) -> tuple[str, str, str | None]:
         return await one_model(MODEL, q, primary_end), MODEL, None
     except (ModelInvalidRequestError, Blocked):
         raise
-    except pybreaker.CircuitBreakerError:
-        reason = "circuit_open"
-    except (TimeoutError, asyncio.TimeoutError):
-        reason = "timeout"
-    except Exception:
-        reason = "error"
-    if not FALLBACK:
-        raise TimeoutError(reason) if reason == "timeout" else RuntimeError(reason)
+    except Exception as exc:
+        if not FALLBACK:
+            raise
+        reason = ("circuit_open" if isinstance(exc, pybreaker.CircuitBreakerError)
+                  else "timeout" if isinstance(exc, TimeoutError) else "error")
     text = await one_model(FALLBACK, q, end)
     FALLBACKS.labels(reason=reason).inc()
     return text, FALLBACK, reason

@@ -1,0 +1,53 @@
+"""The step 06 lesson kit (`coursekit.lesson_optimization`) and its demo faq-widget (step 06 edition): the
+deadline holds under upstream 503s, the fallback answers marked when the primary is down, odd upstream answers
+are JSON (never 500) after the fix, and a Redis-backed limit holds across two replicas where memory doubles it."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from coursekit import lesson
+from coursekit import lesson_optimization as lo
+
+
+@pytest.fixture
+def own_sim(monkeypatch):
+    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
+    lesson.cleanup()
+    sim = lesson.setup(quiet=True)
+    yield sim
+    lesson.cleanup()
+
+
+def test_deadline_and_marked_fallback(own_sim):
+    robust = lo.start_widget({"WIDGET_DEADLINE": "1.5"}, name="robust")
+    fb = lo.start_widget({"WIDGET_FALLBACK": "gemini-3.5-flash-lite", "WIDGET_BREAKER": "3"}, name="fb")
+    with lesson.sim_faults(error_503_rate=1.0, fault_models=["gemini-3.5-flash"]):
+        down = lo.load(robust.url, users=2, requests=4)
+        marked = lo.load(fb.url, users=2, requests=6)
+    assert down.statuses == {503: 4} and max(down.latencies) < 2.0
+    assert marked.statuses == {200: 6} and {r[4] for r in marked.rows} == {"gemini-3.5-flash-lite"}
+    assert all(h.get("x-fallback") == "gemini-3.5-flash-lite" for h in marked.headers)
+
+
+def test_odd_answers_are_json_after_and_500_before(own_sim):
+    naive = lo.start_widget({"WIDGET_RETRY": "sdk"}, name="naive")
+    robust = lo.start_widget({}, name="robust")
+    with lesson.sim_faults(malformed_rate=1.0):
+        before = httpx.post(naive.url + "/ask", json={"q": "요금제?"}, headers={"X-API-Key": lo.WIDGET_KEY}, timeout=10)
+        after = httpx.post(robust.url + "/ask", json={"q": "요금제?"}, headers={"X-API-Key": lo.WIDGET_KEY}, timeout=10)
+    assert before.status_code == 500
+    assert after.status_code == 502 and after.json() == {"code": "upstream_malformed"}
+
+
+def test_limit_in_memory_doubles_with_two_replicas_redis_holds(own_sim):
+    redis = lo.start_redis()
+    env = {"WIDGET_RATE_LIMIT": "5/minute"}
+    for url, expected in (("", 10), (redis.url, 5)):
+        reps = [lo.start_widget({**env, "WIDGET_REDIS_URL": url}, name="rl") for _ in range(2)]
+        ok = sum(httpx.post(reps[i % 2].url + "/ask", json={"q": "요금제?"}, headers={"X-API-Key": lo.WIDGET_KEY}).status_code == 200
+                 for i in range(20))
+        assert ok == expected
+        for r in reps:
+            r.stop(grace=1)
