@@ -417,18 +417,22 @@ async def invoke_llm(llm, messages: list, model: str, until: float | None = None
             return (stop_after_attempt(settings.llm_max_attempts)(state)
                     or end - loop.time() - state.upcoming_sleep < MIN_ATTEMPT_SECONDS)
 
+        def count() -> None:  # 업스트림에 실제로 보내는 시도만 셉니다 (열린 회로에 막힌 시도는 아님)
+            nonlocal attempts
+            attempts += 1
+            if stats is not None:
+                stats["attempts"] = attempts
+
         if end - loop.time() < MIN_ATTEMPT_SECONDS:
             raise TimeoutError("데드라인까지 시도 하나를 할 시간이 없습니다")
         async for attempt in AsyncRetrying(stop=stop, retry=retry_if_exception(retryable), wait=wait, reraise=True):
             with attempt:
-                attempts += 1
-                if stats is not None:
-                    stats["attempts"] = attempts
                 async with asyncio.timeout(max(0.0, end - loop.time())):  # 시도 하나 = 남은 예산까지만
                     if breaker is None:
+                        count()
                         reply = await attempt_llm(llm, messages, model)
                     else:
-                        reply = await guarded_attempt(breaker, llm, messages, model)
+                        reply = await guarded_attempt(breaker, llm, messages, model, count)
         # STARTER
         # # TODO 3 (lesson §2 '데드라인 있는 재시도'): 데드라인 안에서만 재시도하세요: 시도마다 asyncio.timeout(남은 시간),
         # # 대기는 작게(0.1 초에서 최대 0.5 초, 지터), 대기 뒤 남은 시간이 모자라면 멈춤, 429 의 RetryInfo 는 들어갈 때만.
@@ -474,12 +478,13 @@ PRIMARY_CIRCUIT = pybreaker.CircuitBreaker(fail_max=settings.circuit_fail_max,
                                            exclude=[lambda exc: not counts_against_circuit(exc)], name="primary")
 
 
-async def guarded_attempt(breaker: pybreaker.CircuitBreaker, llm, messages: list, model: str):
+async def guarded_attempt(breaker: pybreaker.CircuitBreaker, llm, messages: list, model: str, count):
     """주 모델 시도 하나를 회로 차단기로 감쌉니다 (pybreaker 의 동기 calling() 은 await 를 감쌀 수 있음)."""
     entered = False
     try:
         with breaker.calling():
             entered = True
+            count()
             return await attempt_llm(llm, messages, model)
     except pybreaker.CircuitBreakerError as exc:
         if not entered:  # 열린 회로: 업스트림을 부르지 않음
