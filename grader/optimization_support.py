@@ -166,3 +166,20 @@ def request_lines(text: str) -> list[dict]:
         if isinstance(obj, dict) and obj.get("event") == "request":
             out.append(obj)
     return out
+
+
+# --------------------------------------------------------------------------- nginx access log
+def served_ok(balancer, address: str) -> int:
+    """Requests the balancer's access log shows answered 200 by `address` alone (kit's log format)."""
+    needle = f" upstream={address} upstream_status=200 "
+    return sum(1 for line in balancer.access_log() if needle in line)
+
+
+def wait_served(balancer, address: str, before: int, timeout: float) -> float:
+    """Seconds until the balancer sent a request to `address` again and got 200 (`timeout` if never)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if served_ok(balancer, address) > before:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    return timeout

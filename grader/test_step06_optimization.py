@@ -49,7 +49,7 @@ BURST = 10 * LIMIT
 MAX_IN_FLIGHT = 3                        # 부하 차단 검사의 MAX_IN_FLIGHT (기본 32)
 UPSTREAM_CAPACITY = 3                    # 시뮬레이터 max_concurrency (모델마다)
 HIGH_LIMIT = "100000/minute"             # 한도를 보지 않는 검사의 RATE_LIMIT
-ROLLING_PAUSE = 3.0                      # 롤링 재시작에서 복제본 사이 (nginx fail_timeout=2s 보다 길게)
+ROLLING_WAIT = 8.0                       # 롤링 재시작: 밸런서가 다시 뜬 복제본에 보내기를 기다리는 최대 시간
 
 SERVICE_KEY = "svc-a-" + secrets.token_hex(12)
 OTHER_KEYS = ["svc-" + n + "-" + secrets.token_hex(10) for n in ("b", "c", "d", "e", "f")]
@@ -628,10 +628,14 @@ def test_graceful(calm_fleet, simulator, tmp_path):
     try:
         time.sleep(3)
         started = time.monotonic()
-        # 다음 복제본은 앞의 것이 다시 뜨고 밸런서가 다시 받아들일 시간(fail_timeout=2s 보다 긴 3초) 뒤에:
-        # 운영의 readiness probe / minReadySeconds 와 같은 역할.
-        for i, one in enumerate(fl.replicas.rolling_restart(pause=ROLLING_PAUSE)):
-            steps.append(f"복제본 {i + 1}: SIGTERM 뒤 종료 {one['exit_seconds']:.1f}초, 다시 시작 {one['start_seconds']:.1f}초")
+        # 다음 복제본은 앞의 것이 다시 뜨고 밸런서가 그 복제본으로 다시 답을 받은 뒤에 (nginx 는 fail_timeout 뒤
+        # 시험 요청 하나가 성공해야 복제본을 되살림): 운영의 readiness probe / minReadySeconds 와 같은 역할.
+        for i in range(len(fl.replicas.urls)):
+            one = fl.replicas.restart(i)
+            before = osup.served_ok(fl.balancer, fl.replicas.addresses[i])
+            back = osup.wait_served(fl.balancer, fl.replicas.addresses[i], before, timeout=ROLLING_WAIT)
+            steps.append(f"복제본 {i + 1}: SIGTERM 뒤 종료 {one['exit_seconds']:.1f}초, 다시 시작 "
+                         f"{one['start_seconds']:.1f}초, 밸런서가 다시 보냄 {back:.1f}초")
         steps.append(f"롤링 재시작 {time.monotonic() - started:.1f}초")
     except Exception as exc:  # noqa: BLE001 - reported as a failed check with its text
         steps.append(f"재시작 실패: {exc}")
