@@ -46,6 +46,7 @@ SLACK = 0.5                              # 데드라인 위로 허용하는 여�
 ATTEMPT_BOUND = 2 * MAX_ATTEMPTS         # 주 모델 LLM_MAX_ATTEMPTS + Fallback 모델 LLM_MAX_ATTEMPTS
 LIMIT = 12                               # RATE_LIMIT="12/minute"
 BURST = 10 * LIMIT
+REOPEN_SLACK = 3                         # Redis 재시작 직후 끊긴 풀 연결로 fail open 될 수 있는 요청 수
 MAX_IN_FLIGHT = 3                        # 부하 차단 검사의 MAX_IN_FLIGHT (기본 32)
 UPSTREAM_CAPACITY = 3                    # 시뮬레이터 max_concurrency (모델마다)
 HIGH_LIMIT = "100000/minute"             # 한도를 보지 않는 검사의 RATE_LIMIT
@@ -257,6 +258,17 @@ def marked_fallback(r: osup.Reply) -> str | None:
 def test_fallback(fallback_service, simulator):
     s = fallback_service
     problems: list[str] = []
+    # 0) 두 모델이 모두 멈춤: 주 모델 몫 + Fallback 은 남은 시간만 -> 데드라인 안에 깔끔한 오류 JSON.
+    #    (Fallback 에 새 예산을 주면 여기서 데드라인을 넘습니다.) 서킷이 닫혀 있을 때 먼저 봅니다.
+    simulator.configure(hang_rate=1.0, hang_seconds=30)
+    both_hang = s.chat("fb-both-hang")
+    record("both_hang", both_hang.short())
+    if both_hang.status in (0, 200, 500) or not osup.documented_error(both_hang.body) or not within(both_hang):
+        simulator.reset(config=True)
+        fail(expected=f"주 모델과 Fallback 이 모두 멈추면 데드라인 {DEADLINE}+{SLACK}초 안에 오류 JSON (504/503)",
+             measured=both_hang.short(),
+             hint="lesson.ipynb §3 '서킷 브레이커와 Fallback' — Fallback 에는 새 예산이 아니라 요청 데드라인까지 "
+                  "남은 시간만 주세요 (주 모델은 데드라인에서 FALLBACK_RESERVE_SECONDS 를 뺀 시간까지).")
     # a) 주 모델이 멈춤: 주 모델에 데드라인에서 FALLBACK_RESERVE 를 뺀 시간만 주고 Fallback 으로 답함.
     simulator.configure(fault_models=[PRIMARY], hang_rate=1.0, hang_seconds=30)
     hang = [s.chat("fb-hang")]
@@ -347,10 +359,12 @@ def test_load_shedding(shed_service, simulator, tmp_path):
             fail(expected=f"MAX_IN_FLIGHT={MAX_IN_FLIGHT} 를 넘는 동시 요청은 기다리지 않고 바로 503 overloaded "
                           "+ Retry-After",
                  measured=f"동시 요청 {n}개: {osup.count_by(probe)}" + (f"; {bad[0]}" if bad else ""))
-        # 2) 부하: 사용자 30명이 쉬지 않고.
+        # 2) 부하: 사용자 30명이 1초에 한 번씩 (초당 30개: 처리 용량의 약 10배). 503 을 받고 곧바로 다시 보내는
+        #    클라이언트(초당 수백 개)는 서비스 CPU 를 태우는 다른 문제라, 간격을 둡니다 (Retry-After 를 따르는 것처럼).
         results = tmp_path / "rows.jsonl"
         res = run_locust("step06_chat.py", s.svc.base_url, users=30, spawn_rate=30, run_time_s=8,
-                         env={"GRADER_SERVICE_KEYS": SERVICE_KEY, "GRADER_RESULTS_FILE": str(results)})
+                         env={"GRADER_SERVICE_KEYS": SERVICE_KEY, "GRADER_RESULTS_FILE": str(results),
+                              "GRADER_PACING": "1"})
     finally:
         simulator.configure(latency="zero", max_concurrency=None)
     rows = osup.read_rows(results)
@@ -540,10 +554,12 @@ def test_redis_outage(fleet):
     again = osup.burst(fleet.url, KEY_D, 3 * LIMIT, 6, timeout=10, verify=fleet.verify)
     ok = sum(1 for r in again if r.status == 200)
     record("after_restart", osup.count_by(again))
-    if ok != LIMIT:
+    # 장애 전부터 풀에 남아 있던 끊긴 연결을 처음 쓰는 요청 몇 개는 fail open 으로 통과할 수 있습니다 (문서화된 동작).
+    if not LIMIT <= ok <= LIMIT + REOPEN_SLACK:
         if ok == len(again) and not fleet.notes.get("rate_limit_works"):
             blocked("step06.rate_limit", measured=f"Redis 재시작 뒤 버스트 {len(again)}개가 모두 200 (한도 없음)")
-        fail(expected=f"Redis 가 다시 뜨면 한도가 다시 동작: 버스트 {len(again)}개 중 정확히 {LIMIT}개 성공",
+        fail(expected=f"Redis 가 다시 뜨면 한도가 다시 동작: 버스트 {len(again)}개 중 {LIMIT}개 성공 "
+                      f"(끊긴 연결로 fail open 된 요청 {REOPEN_SLACK}개까지 허용)",
              measured=f"{osup.count_by(again)}")
 
 
