@@ -388,7 +388,7 @@ async def attempt_llm(llm, messages: list, model: str):
 
 # BEGIN SOLUTION
 async def invoke_llm(llm, messages: list, model: str, until: float | None = None, breaker=None, capture: bool = True,
-                     stats: dict | None = None):
+                     stats: dict | None = None, retry_until: float | None = None):
 # STARTER
 # # TODO 3 (lesson §2 '데드라인 있는 재시도'): invoke_llm 이 시간 예산의 끝(until, loop.time() 기준), 서킷 브레이커,
 # # Sentry 로 보낼지(capture), 시도 횟수를 돌려줄 dict(stats)를 받게 하세요.
@@ -406,6 +406,7 @@ async def invoke_llm(llm, messages: list, model: str, until: float | None = None
         # 최대 0.5 초 (+ 0~0.1 초 지터), 429 의 RetryInfo 는 남은 시간에 들어갈 때만 따르고, 아니면 멈춥니다.
         loop = asyncio.get_running_loop()
         end = loop.time() + settings.request_deadline_seconds if until is None else until
+        last_start = end if retry_until is None else min(retry_until, end)  # 새 시도를 시작할 수 있는 마지막 시각
         backoff = wait_exponential_jitter(initial=0.1, max=0.5, exp_base=2, jitter=0.1)
 
         def wait(state) -> float:
@@ -415,7 +416,7 @@ async def invoke_llm(llm, messages: list, model: str, until: float | None = None
 
         def stop(state) -> bool:  # 시도 횟수 상한, 또는 대기 뒤 남을 시간이 시도 하나에 모자라면
             return (stop_after_attempt(settings.llm_max_attempts)(state)
-                    or end - loop.time() - state.upcoming_sleep < MIN_ATTEMPT_SECONDS)
+                    or last_start - loop.time() - state.upcoming_sleep < MIN_ATTEMPT_SECONDS)
 
         def count() -> None:  # 업스트림에 실제로 보내는 시도만 셉니다 (열린 회로에 막힌 시도는 아님)
             nonlocal attempts
@@ -423,7 +424,7 @@ async def invoke_llm(llm, messages: list, model: str, until: float | None = None
             if stats is not None:
                 stats["attempts"] = attempts
 
-        if end - loop.time() < MIN_ATTEMPT_SECONDS:
+        if last_start - loop.time() < MIN_ATTEMPT_SECONDS:
             raise TimeoutError("데드라인까지 시도 하나를 할 시간이 없습니다")
         async for attempt in AsyncRetrying(stop=stop, retry=retry_if_exception(retryable), wait=wait, reraise=True):
             with attempt:
@@ -502,34 +503,47 @@ def fallback_reason(exc: BaseException) -> str | None:
 
 
 async def answer_with_fallback(llm, messages: list):
-    """주 모델(회로 차단기, 데드라인에서 Fallback 몫을 뺀 시간) -> 실패하면 Fallback 모델(남은 시간 전부).
-    돌려주는 값: (답, 답한 모델). 요청의 마지막 실패 하나만 Sentry 로 보냅니다."""
+    """주 모델(회로 차단기) -> 실패하면 Fallback 모델, 둘 다 요청의 데드라인 안에서. 돌려주는 값: (답, 답한 모델).
+
+    주 모델은 `데드라인 - FALLBACK_RESERVE_SECONDS` 까지만 새 시도를 시작합니다. 그때까지 답이 없으면 진행 중인 시도를
+    끊지 않고 Fallback 을 함께 부르고(hedge), 데드라인 안에 먼저 온 답을 씁니다 (다른 쪽은 취소). 주 모델이 그보다 먼저
+    실패하면(재시도 뒤, 열린 회로) 바로 Fallback. 요청의 마지막 실패 하나만 Sentry 로 보냅니다."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.request_deadline_seconds
     fallback = settings.fallback_model
     primary_end = deadline - settings.fallback_reserve_seconds if fallback else deadline
-    primary = {"attempts": 0}
+    primary, second = {"attempts": 0}, {"attempts": 0}
+    backup = None
+    first = asyncio.create_task(invoke_llm(llm, messages, settings.llm_model, until=deadline, breaker=PRIMARY_CIRCUIT,
+                                           capture=False, stats=primary, retry_until=primary_end))
     try:
-        reply = await invoke_llm(llm, messages, settings.llm_model, until=primary_end, breaker=PRIMARY_CIRCUIT,
-                                 capture=False, stats=primary)
-        return reply, settings.llm_model
-    except Exception as exc:
-        failure = exc
-    reason = fallback_reason(failure) if fallback else None
-    if reason is None:
+        await asyncio.wait({first}, timeout=max(0.0, primary_end - loop.time()) if fallback else None)
+        if first.done() and first.exception() is None:
+            return first.result(), settings.llm_model
+        failure = first.exception() if first.done() else TimeoutError("주 모델이 Fallback 몫의 시간까지 답하지 않음")
+        reason = fallback_reason(failure) if fallback else None
+        if reason is None:
+            capture_failure(failure)
+            raise failure
+        telemetry.record_fallback(settings.llm_model, reason)
+        observability.note(fallback_reason=reason)
+        backup = asyncio.create_task(invoke_llm(app.state.fallback_llm, messages, fallback, until=deadline,
+                                                capture=False, stats=second))
+        pending = {backup} if first.done() else {first, backup}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is None:
+                    return task.result(), (settings.llm_model if task is first else fallback)
+        failure = backup.exception()  # 둘 다 실패: Fallback 의 실패가 요청의 실패
         capture_failure(failure)
         raise failure
-    telemetry.record_fallback(settings.llm_model, reason)
-    observability.note(fallback=True, fallback_reason=reason)
-    second = {"attempts": 0}
-    try:
-        reply = await invoke_llm(app.state.fallback_llm, messages, fallback, until=deadline, capture=False, stats=second)
-    except Exception as exc:
-        capture_failure(exc)
-        raise
     finally:
+        for task in (first, backup):
+            if task is not None and not task.done():
+                task.cancel()  # 늦은 쪽은 취소 (시도 스팬은 upstream_timeout 으로 닫힘)
+                await asyncio.gather(task, return_exceptions=True)
         observability.note(attempts=primary["attempts"] + second["attempts"], primary_attempts=primary["attempts"])
-    return reply, fallback
 
 
 def capture_failure(exc: BaseException) -> None:
