@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,9 +28,8 @@ from typing import Any
 import httpx
 
 from . import lesson
-from .procs import free_port, port_open, stop_process
 
-__all__ = ["DEMO_SOURCE", "OTHER_KEY", "WIDGET_KEY", "LoadResult", "load", "quick_checks", "show", "start_balancer",
+__all__ = ["DEMO_SOURCE", "OTHER_KEY", "WIDGET_KEY", "LoadResult", "load", "metric", "quick_checks", "show", "start_balancer",
            "start_redis", "start_widget"]
 
 DEMO_SOURCE = Path(__file__).resolve().parent / "data" / "faq_widget_prod"
@@ -103,11 +99,12 @@ class LoadResult:
 
 def load(url: str, users: int = 20, seconds: float | None = 4.0, requests: int | None = None,
          keys: Sequence[str] = (WIDGET_KEY,), pause: float = 0.0, timeout: float = 15.0,
-         verify: Any = True, path: str = "/ask", during=None) -> LoadResult:
+         verify: Any = True, path: str = "/ask", during=None, obey_retry_after: bool = False) -> LoadResult:
     """`users` concurrent clients (asyncio + httpx, in a thread: a notebook's loop is already running)
     each sending POST /ask back to back (`pause` s between) for `seconds`, or `requests` in total.
     User i uses keys[i % len(keys)]. A request that gets no answer within `timeout` counts as status 0.
-    `during(elapsed_s)` is called from a thread every 0.1 s while the load runs (chaos: stop Redis ...)."""
+    `during(elapsed_s)` is called from a thread every 0.1 s while the load runs (chaos: stop Redis ...).
+    With `obey_retry_after` a user waits the `Retry-After` seconds of a 429/503 before its next request."""
     result = LoadResult()
     left = [requests] if requests is not None else None
 
@@ -133,8 +130,11 @@ def load(url: str, users: int = 20, seconds: float | None = 4.0, requests: int |
             except httpx.HTTPError as exc:
                 status, code, model = 0, type(exc).__name__, ""
             result.rows.append((start - t0, time.monotonic() - start, status, code, model, key))
-            if pause:
-                await asyncio.sleep(pause)
+            wait = pause
+            if obey_retry_after and status in (429, 503) and result.headers[-1].get("retry-after", "").isdigit():
+                wait = max(wait, float(result.headers[-1]["retry-after"]))
+            if wait:
+                await asyncio.sleep(wait)
 
     async def main() -> None:
         limits = httpx.Limits(max_connections=users + 5, max_keepalive_connections=users + 5)
@@ -150,7 +150,7 @@ def load(url: str, users: int = 20, seconds: float | None = 4.0, requests: int |
     def run() -> None:
         try:
             asyncio.run(main())
-        except BaseException as exc:  # surfaced in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 (surfaced in the caller's thread)
             error.append(exc)
         finally:
             done.set()
@@ -166,6 +166,14 @@ def load(url: str, users: int = 20, seconds: float | None = 4.0, requests: int |
     return result
 
 
+def metric(url: str, name: str) -> float:
+    """Sum of the samples called `name` on <url>/metrics (0.0 when none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
+
+
 # --------------------------------------------------------------------------- self-check
 QUICK_CHECKS = ("step06.no_retry", "step06.tls")
 
@@ -179,110 +187,27 @@ def quick_checks() -> list[str]:
 
 
 # --------------------------------------------------------------------------- Redis, nginx
-class _Redis:
-    """redis-server on a free loopback port (no persistence), stopped by PID; `.stop()` / `.start()` keep the port."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self):
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not Path(exe).exists():
-            raise lesson.LessonError("redis-server 가 없습니다 (Debian: apt-get install redis-server, 코스: .ci/install-redis-nginx.sh).")
-        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--daemonize", "no"], cwd=lesson.workdir(),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        _wait_port(self.port, self.proc, "redis-server")
-        return self
-
-    def stop(self):
-        if self.proc is not None:
-            stop_process(self.proc, 5)
-            self.proc = None
-
-    def client(self):
-        import redis
-
-        return redis.Redis.from_url(self.url)
-
-
-def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not port_open(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise lesson.LessonError(f"{what} 가 포트 {port} 를 열지 않았습니다 (종료 코드 {proc.poll()}).")
-        time.sleep(0.05)
-
-
 def start_redis():
-    """A real redis-server on a free loopback port (coursekit.redis_server.RedisServer when the kit has it);
-    `.url`, `.stop()` and `.start()` again on the same port for an outage. Stopped by `lesson.cleanup()`."""
-    try:
-        from .redis_server import RedisServer  # the kit's own, once it exists
-    except ImportError:
-        server = _Redis().start()
-        lesson.on_cleanup(server.stop)
-        return server
-    server = RedisServer()
-    server.__enter__()
-    lesson.on_cleanup(lambda: server.__exit__(None, None, None))
+    """A real redis-server (coursekit.redis_server.RedisServer) on a free loopback port: `.url`, `.client()`,
+    `.stop()` and `.start()` again on the same port for an outage. Stopped by `lesson.cleanup()` and at exit."""
+    from .redis_server import RedisServer, find_redis
+
+    if find_redis() is None:
+        raise lesson.LessonError("이 절은 진짜 Redis 가 필요합니다 (Debian: apt-get install redis-server, 코스: .ci/install-redis-nginx.sh).")
+    server = RedisServer().start()
+    lesson.on_cleanup(server.stop)
     return server
 
 
-@dataclass
-class _Nginx:
-    http_url: str
-    https_url: str
-    ca_file: str
-    prefix: Path
-    proc: subprocess.Popen
-
-    def stop(self) -> None:
-        stop_process(self.proc, 5)
-
-    def error_log(self) -> str:
-        path = self.prefix / "error.log"
-        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-
-
-def _start_nginx(fragment: str, replicas: Sequence[str]) -> _Nginx:
-    import trustme
-
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(exe).exists():
-        raise lesson.LessonError("nginx 가 없습니다 (Debian: apt-get install nginx, 코스: .ci/install-redis-nginx.sh).")
-    prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=lesson.workdir()))
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(prefix / "ca.pem"))
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.cert_chain_pems[0].write_to_path(str(prefix / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(prefix / "key.pem"))
-    http_port, https_port = free_port(), free_port()
-    values = {"REPLICA_1": replicas[0], "REPLICA_2": replicas[1], "HTTP_PORT": str(http_port),
-              "HTTPS_PORT": str(https_port), "TLS_CERT": str(prefix / "cert.pem"), "TLS_KEY": str(prefix / "key.pem")}
-    rendered = re.sub(r"\$\{([A-Z0-9_]+)\}", lambda m: values.get(m.group(1), m.group(0)), fragment)
-    (prefix / "site.conf").write_text(rendered, encoding="utf-8")
-    temps = " ".join(f"{d}_temp_path {prefix}/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    (prefix / "nginx.conf").write_text(
-        f"pid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\nevents {{}}\n"
-        f"http {{ access_log off; {temps} include {prefix}/site.conf; }}\n", encoding="utf-8")
-    base = [exe, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")]
-    test = subprocess.run([*base, "-t"], capture_output=True, text=True)
-    if test.returncode != 0:
-        raise lesson.LessonError(f"nginx -t 가 설정을 거부했습니다:\n{test.stderr}")
-    proc = subprocess.Popen([*base, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    _wait_port(https_port, proc, "nginx")
-    return _Nginx(f"http://127.0.0.1:{http_port}", f"https://127.0.0.1:{https_port}", str(prefix / "ca.pem"),
-                  prefix, proc)
-
-
 def start_balancer(fragment: str, replicas: Sequence[lesson.Service]):
-    """A real nginx in front of the replicas, with HTTPS from a test CA (trustme): the http-context `fragment`
-    uses ${REPLICA_1}, ${REPLICA_2}, ${HTTP_PORT}, ${HTTPS_PORT}, ${TLS_CERT}, ${TLS_KEY}. `.http_url`,
-    `.https_url`, `.ca_file` (for httpx `verify=`). Stopped by `lesson.cleanup()` and at exit."""
-    lb = _start_nginx(fragment, [f"127.0.0.1:{r.port}" for r in replicas])
+    """A real nginx (coursekit.balancer.Balancer) in front of the replicas, with HTTPS from its own test CA
+    (trustme): the http-context `fragment` uses ${REPLICA_1}, ${REPLICA_2}, ${HTTP_PORT}, ${HTTPS_PORT},
+    ${TLS_CERT}, ${TLS_KEY}. `.http_url`, `.https_url`, `.ssl_context()` (for httpx `verify=`),
+    `.reload(replicas=[...])`. Stopped by `lesson.cleanup()` and at exit."""
+    from .balancer import Balancer, find_nginx
+
+    if find_nginx() is None:
+        raise lesson.LessonError("이 절은 진짜 nginx 가 필요합니다 (Debian: apt-get install nginx, 코스: .ci/install-redis-nginx.sh).")
+    lb = Balancer(fragment, replicas=[r.port for r in replicas]).start()
     lesson.on_cleanup(lb.stop)
     return lb

@@ -51,3 +51,21 @@ def test_limit_in_memory_doubles_with_two_replicas_redis_holds(own_sim):
         assert ok == expected
         for r in reps:
             r.stop(grace=1)
+
+
+def test_lesson_and_demo_repeat_no_step06_solution_line():
+    """The lesson shows the demo's code and an nginx fragment; on the site neither may print an answer line of
+    solutions/06-optimization (tests/test_docs.py flagged five nginx lines and one asyncio line before)."""
+    import json
+
+    import solutionless
+
+    answers = {src: lines for src, lines in solutionless.distinctive_solution_lines().items() if "06-optimization" in src}
+    if not answers:
+        pytest.skip("solutions/06-optimization 가 없습니다 (강사용 사본)")
+    nb = json.loads((lo.DEMO_SOURCE.parents[2] / "steps" / "06-optimization" / "lesson.ipynb").read_text(encoding="utf-8"))
+    shown = {"lesson.ipynb": "\n".join("".join(c["source"]) for c in nb["cells"])}
+    shown.update({p.name: p.read_text(encoding="utf-8") for p in lo.DEMO_SOURCE.glob("*.py")})
+    flat = {name: " ".join(solutionless._norm(line) for line in text.splitlines()) for name, text in shown.items()}
+    found = [(name, src, line) for name, text in flat.items() for src, lines in answers.items() for line in lines if line in text]
+    assert not found, found

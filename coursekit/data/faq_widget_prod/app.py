@@ -104,17 +104,17 @@ def answer_text(msg) -> str:
 
 async def one_model(model: str, q: str, until: float) -> str:
     """`model` 에 `until` (loop 시각)까지, 시도 횟수 상한 ATTEMPTS 안에서 묻습니다."""
-    loop = asyncio.get_running_loop()
+    clock = asyncio.get_running_loop().time
 
     def out_of_time(state) -> bool:  # 다음 대기가 데드라인을 넘기면 그만
-        return loop.time() + (state.upcoming_sleep or 0) >= until
+        return clock() + (state.upcoming_sleep or 0) >= until
 
     retrying = AsyncRetrying(stop=stop_after_attempt(ATTEMPTS) | out_of_time,
                              wait=wait_random_exponential(multiplier=0.1, max=0.5),
                              retry=retry_if_exception(worth_retrying), reraise=True)
     async for attempt in retrying:
         with attempt:
-            left = until - loop.time()
+            left = until - clock()
             if left <= 0:
                 raise TimeoutError("deadline")
             async with asyncio.timeout(left):
@@ -128,8 +128,8 @@ async def ask_llm(q: str) -> tuple[str, str, str | None]:
     if RETRY == "sdk":
         msg = await LLMS[MODEL].ainvoke([("system", SYSTEM), ("human", q)])
         return answer_text(msg), MODEL, None
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
+    clock = asyncio.get_running_loop().time
+    end = clock() + DEADLINE
     primary_end = end - RESERVE if FALLBACK else end
     try:
         if breaker is not None:
@@ -164,7 +164,7 @@ async def rate_limit(request: Request, x_api_key: str) -> dict[str, str]:
     try:
         allowed = await limiter.hit(LIMIT, who)
         reset, remaining = await limiter.get_window_stats(LIMIT, who)
-    except Exception as exc:  # Redis 장애: 서비스를 멈추느니 한도 없이 답합니다 (문서화한 선택)
+    except Exception as exc:  # noqa: BLE001 — Redis 장애: 서비스를 멈추느니 한도 없이 답합니다 (문서화한 선택)
         LIMIT_ERRORS.inc()
         log.warning("rate limit storage unavailable, failing open: %s", type(exc).__name__)
         return {}
@@ -213,28 +213,28 @@ async def ask(body: Ask, request: Request, key: str = Depends(require_key)):
     state["in_flight"] += 1
     try:
         text, model, reason = await ask_llm(body.q)
-    except Exception:
+    except Exception as exc:
         if RETRY == "sdk":  # 전: 예외를 그대로 (FastAPI 가 500 과 평문 오류로 답함)
             raise
-        return outcome_of_failure()
+        return failure_response(exc)
     finally:
         state["in_flight"] -= 1
     out = {"reply": text, "model": model, "fallback": reason is not None, "replica": REPLICA}
     return JSONResponse(out, headers={**headers, **({"X-Fallback": model} if reason else {})})
 
 
-def outcome_of_failure() -> JSONResponse:
-    """실패를 문서화한 JSON 으로 (어느 것도 500 이 아님). `except` 블록 안에서만 부릅니다."""
-    try:
-        raise
-    except Blocked:
-        return JSONResponse({"code": "content_blocked"}, 422)
-    except ModelInvalidRequestError:
-        return JSONResponse({"code": "upstream_bad_request"}, 502)
-    except (Empty, ValueError):
-        return JSONResponse({"code": "upstream_malformed"}, 502)
-    except Exception:
-        return JSONResponse({"code": "upstream_unavailable"}, 503)
+FAILURES = (  # (예외, 상태, 코드): 위에서부터 처음 맞는 것. 어느 것도 500 이 아님
+    (Blocked, 422, "content_blocked"),
+    (ModelInvalidRequestError, 502, "upstream_bad_request"),
+    ((Empty, ValueError), 502, "upstream_malformed"),
+)
+
+
+def failure_response(exc: Exception) -> JSONResponse:
+    for kinds, status, code in FAILURES:
+        if isinstance(exc, kinds):
+            return JSONResponse({"code": code}, status)
+    return JSONResponse({"code": "upstream_unavailable"}, 503)
 
 
 @app.get("/healthz")
