@@ -441,6 +441,34 @@ class Balancer:
         except FileNotFoundError:
             return []
 
+    def served(self, address: str) -> int:
+        """Requests in the access log that `address` ("host:port") finally answered with a status
+        below 500 (the last entry of $upstream_addr / $upstream_status)."""
+        n = 0
+        for line in self.access_log():
+            m = re.search(r" upstream=(.*?) upstream_status=(.*?) rt=", line)
+            if not m:
+                continue
+            addr = m.group(1).split(", ")[-1].strip()
+            status = m.group(2).split(", ")[-1].strip()
+            if addr == address and status.isdigit() and int(status) < 500:
+                n += 1
+        return n
+
+    def wait_served(self, address: str, timeout: float = 15.0, since: int | None = None) -> float:
+        """Wait (while traffic flows) until nginx sends a request to `address` again and it answers:
+        after a restart nginx keeps a peer that refused a connection marked failed for its
+        fail_timeout and then revives it with one trial request. Seconds waited; BalancerError on
+        timeout. `since`: the `served(address)` count to exceed (default: the count now)."""
+        began = time.monotonic()
+        base = self.served(address) if since is None else since
+        while time.monotonic() - began < timeout:
+            if self.served(address) > base:
+                return time.monotonic() - began
+            time.sleep(0.05)
+        raise BalancerError(f"nginx 가 {timeout:.0f}초 안에 복제본 {address} 로 요청을 다시 보내지 않았습니다 "
+                            f"(fail_timeout 이 너무 길거나, 트래픽이 없거나, 복제본이 답하지 않음).")
+
     def upstream_counts(self) -> Counter:
         """How many requests each upstream address answered, from the access log (an address that
         failed and was retried on the next one counts for both: nginx logs "a, b")."""

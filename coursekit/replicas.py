@@ -250,7 +250,7 @@ class ReplicaSet:
         return {"exit_seconds": round(t1 - t0, 3), "start_seconds": round(start, 3),
                 "total_seconds": round(time.monotonic() - t0, 3), "exit_code": code}
 
-    def rolling_restart(self, pause: float = 0.0) -> list[dict[str, float]]:
+    def rolling_restart(self, pause: float = 0.0, after=None) -> list[dict[str, float]]:
         """Restart the replicas one after the other (the next only once the previous is healthy
         again), so at least n-1 serve at any moment; `pause` seconds between two.
 
@@ -258,12 +258,18 @@ class ReplicaSet:
         fail_timeout=2s`): nginx keeps a replica that refused a connection marked failed for
         fail_timeout even after it is healthy again, and if the next replica stops meanwhile it has
         "no live upstreams" and answers 502 (measured: with pause=0, a few 502 in ~2,500 requests;
-        with 2.5, none). Kubernetes does the same wait with readiness probes and maxUnavailable."""
+        with 2.5, none with a tiny app). Under real load a fixed pause can still race nginx's one
+        trial request; the robust wait is `after=lambda i, t: balancer.wait_served(rs.addresses[i])`:
+        `after(i, timing)` runs once replica i is healthy, before the next one stops (what readiness
+        probes and minReadySeconds do in Kubernetes)."""
         out = []
         for i in range(len(self.replicas)):
             if i and pause:
                 time.sleep(pause)
-            out.append(self.restart(i))
+            timing = self.restart(i)
+            if after is not None:
+                after(i, timing)
+            out.append(timing)
         return out
 
     def stop(self, grace: float | None = None) -> None:

@@ -231,8 +231,8 @@ def test_replica_set_rolling_restart_on_the_same_ports(tiny_app):
 def test_rolling_restart_behind_the_balancer_loses_no_request(need_nginx, tiny_app, tmp_path):
     """nginx's default proxy_next_upstream (error timeout) sends a refused connection to the other
     replica, and uvicorn finishes what it accepted: a rolling restart under load fails nothing, when
-    the next replica stops only after nginx's fail_timeout (measured without the pause: a few 502
-    "no live upstreams" out of ~2,500 requests, since both replicas were marked failed at once)."""
+    the next replica stops only once nginx sends it traffic again (measured without that wait: a few
+    502 "no live upstreams" out of ~2,500 requests, since both replicas were marked failed at once)."""
     import threading
 
     import httpx
@@ -256,10 +256,13 @@ def test_rolling_restart_behind_the_balancer_loses_no_request(need_nginx, tiny_a
             w.start()
         try:
             time.sleep(0.3)
-            rs.rolling_restart(pause=2.5)   # > fail_timeout=2s of the fragment (see ReplicaSet.rolling_restart)
+            waits = []
+            rs.rolling_restart(after=lambda i, _: waits.append(lb.wait_served(rs.addresses[i])))
             time.sleep(0.3)
         finally:
             done.set()
             for w in workers:
                 w.join()
         assert len(codes) > 50 and set(codes) == {200}, (sorted(set(codes)), lb.error_log()[-3000:])
+        assert len(waits) == 2 and all(w < 5 for w in waits)       # ≈ fail_timeout (2 s) each
+        print(f"rolling restart behind nginx: served again after {[round(w, 2) for w in waits]} s")
