@@ -286,6 +286,10 @@ def test_client_slow_first_token_with_timeout(client_env):
     with pytest.raises(httpx2.TimeoutException):
         asyncio.run(llm(max_retries=1, timeout=0.3).ainvoke(PROMPT))
     assert time.monotonic() - t < 0.9
+    assert client_env.stats()["requests_total"] == 1
+    with pytest.raises(httpx2.ReadTimeout):
+        asyncio.run(llm(max_retries=2, timeout=0.3).ainvoke(PROMPT))
+    assert client_env.stats()["requests_total"] == 3        # retried like a hang: max_retries attempts
     r = asyncio.run(llm(max_retries=1, timeout=3).ainvoke(PROMPT))
     assert r.text == knowledge.get("billing-plans").answer
 
