@@ -170,7 +170,7 @@ def request_lines(text: str) -> list[dict]:
 
 # --------------------------------------------------------------------------- nginx access log
 def served_ok(balancer, address: str) -> int:
-    """Requests the balancer's access log shows answered 200 by `address` alone (kit's log format)."""
+    """Requests (any path) the balancer's access log shows answered 200 by `address` alone (the kit's format)."""
     needle = f" upstream={address} upstream_status=200 "
     return sum(1 for line in balancer.access_log() if needle in line)
 
