@@ -24,6 +24,24 @@ logger = logging.getLogger("llm-chat.resilience")
 REDIS_TIMEOUT_SECONDS = 0.1
 WARN_EVERY_SECONDS = 30.0  # Redis 오류 경고를 로그에 남기는 간격 (오류마다 한 줄이면 로그가 넘칩니다)
 RESPONSE_TTL_SECONDS = 24 * 3600  # 피드백을 받을 수 있는 기간
+# Redis 가 시간 초과로 답하지 않으면(멈춤) 이만큼은 부르지 않고 바로 fail open: 멈춘 Redis 가 요청마다 0.1 초씩 더하지 않게.
+# 연결 거부(꺼진 Redis)는 바로 실패하므로 건너뛰지 않습니다: Redis 가 다시 뜨면 다음 요청부터 셉니다.
+SKIP_REDIS_SECONDS = 1.0
+
+_redis_down_until = 0.0
+
+
+def redis_skipped() -> bool:
+    """최근 SKIP_REDIS_SECONDS 안에 Redis 오류가 있었으면 True: 부르지 않고 바로 fail open."""
+    return time.monotonic() < _redis_down_until
+
+
+def redis_failed(exc: BaseException) -> None:
+    global _redis_down_until
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    if isinstance(exc, (TimeoutError, RedisTimeout)):
+        _redis_down_until = time.monotonic() + SKIP_REDIS_SECONDS
 
 
 def client_id(api_key: str) -> str:
@@ -94,10 +112,15 @@ class RateLimiter:
         """요청 하나를 셉니다. None = 한도를 재지 못함 (아직 구현 전이거나 저장소 장애: 요청을 통과시킴)."""
         # BEGIN SOLUTION
         who = client_id(api_key)
+        if self.redis_url and redis_skipped():
+            telemetry.record_ratelimit_error()
+            return None
         try:
             allowed = await self.limiter.hit(self.item, who)
             reset_at, remaining = await self.limiter.get_window_stats(self.item, who)
         except Exception as exc:  # Redis 연결 거부, 시간 초과, ...: fail open
+            if self.redis_url:
+                redis_failed(exc)
             telemetry.record_ratelimit_error()
             now = time.monotonic()
             if now - self._last_warning >= WARN_EVERY_SECONDS:
@@ -143,10 +166,11 @@ class SharedResponses:
     async def issue(self) -> str:
         response_id = self.local.issue()
         # BEGIN SOLUTION
-        if self.redis is not None:
+        if self.redis is not None and not redis_skipped():
             try:
                 await self.redis.set(f"llm-chat:response:{response_id}", "issued", ex=RESPONSE_TTL_SECONDS)
             except Exception as exc:
+                redis_failed(exc)
                 telemetry.record_ratelimit_error()
                 logger.warning("응답 id 를 Redis 에 적지 못했습니다 (%s): 이 복제본만 압니다", type(exc).__name__)
         # STARTER
@@ -156,7 +180,7 @@ class SharedResponses:
 
     async def claim(self, response_id: str) -> str:
         # BEGIN SOLUTION
-        if self.redis is not None:
+        if self.redis is not None and not redis_skipped():
             try:
                 # SET ... XX GET: 있을 때만 "claimed" 로 바꾸고 이전 값을 돌려줌 (원자적: 두 복제본이 동시에 받아도 한 번)
                 previous = await self.redis.set(f"llm-chat:response:{response_id}", "claimed", xx=True, get=True,
@@ -166,6 +190,7 @@ class SharedResponses:
                     return self.UNKNOWN
                 return self.EXISTS if previous in (b"claimed", "claimed") else self.CLAIMED
             except Exception as exc:
+                redis_failed(exc)
                 telemetry.record_ratelimit_error()
                 logger.warning("Redis 에서 응답 id 를 읽지 못했습니다 (%s): 이 복제본의 기록으로", type(exc).__name__)
         # STARTER

@@ -24,6 +24,24 @@ logger = logging.getLogger("llm-chat.resilience")
 REDIS_TIMEOUT_SECONDS = 0.1
 WARN_EVERY_SECONDS = 30.0  # Redis 오류 경고를 로그에 남기는 간격 (오류마다 한 줄이면 로그가 넘칩니다)
 RESPONSE_TTL_SECONDS = 24 * 3600  # 피드백을 받을 수 있는 기간
+# Redis 가 시간 초과로 답하지 않으면(멈춤) 이만큼은 부르지 않고 바로 fail open: 멈춘 Redis 가 요청마다 0.1 초씩 더하지 않게.
+# 연결 거부(꺼진 Redis)는 바로 실패하므로 건너뛰지 않습니다: Redis 가 다시 뜨면 다음 요청부터 셉니다.
+SKIP_REDIS_SECONDS = 1.0
+
+_redis_down_until = 0.0
+
+
+def redis_skipped() -> bool:
+    """최근 SKIP_REDIS_SECONDS 안에 Redis 오류가 있었으면 True: 부르지 않고 바로 fail open."""
+    return time.monotonic() < _redis_down_until
+
+
+def redis_failed(exc: BaseException) -> None:
+    global _redis_down_until
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    if isinstance(exc, (TimeoutError, RedisTimeout)):
+        _redis_down_until = time.monotonic() + SKIP_REDIS_SECONDS
 
 
 def client_id(api_key: str) -> str:
