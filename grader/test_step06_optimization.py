@@ -439,6 +439,15 @@ def build_fleet(step_dir: Path, root: Path, simulator, with_redis: bool, **extra
         yield fleet
 
 
+def need_client_keys(replies: list[osup.Reply], which: str) -> None:
+    """The limit is per client key: the grader's extra clients come in SERVICE_API_KEYS."""
+    if replies and all(r.status == 401 for r in replies):
+        fail(expected=f"SERVICE_API_KEYS 에 넣은 키({which})도 인증됨 (키 하나 = 클라이언트 하나)",
+             measured=f"요청 {len(replies)}개 모두 401",
+             hint="lesson.ipynb §5 'API 키별 Rate Limiting' — SERVICE_API_KEY 말고도 SERVICE_API_KEYS(쉼표로 구분한 "
+                  "SecretStr) 의 키를 모두 받으세요 (secrets.compare_digest 로 하나씩). 한도는 키마다 따로 셉니다.")
+
+
 def need_balancer(fleet: Fleet) -> None:
     if fleet.error:
         blocked("step06.balancer", measured=fleet.error)
@@ -457,22 +466,27 @@ def test_balancer(fleet):
     if fleet.error:
         fail(expected=f"{osup.FRAGMENT} 를 채운 nginx 가 `nginx -t` 를 통과하고 HTTP/HTTPS 포트에서 시작됨",
              measured=fleet.error, detail=fleet.error_detail)
+    # 키 없는 POST /chat: 복제본이 401 로 답하고 로그 줄을 남김 (/health 는 로그가 없고, 키를 쓰면 한도를 씀).
     sent = []
     with fleet.client() as client:
         for i in range(6):
-            r = osup.chat(client, fleet.url, KEY_E, QUESTION, timeout=10, rid=rid(f"lb{i}"))
-            sent.append(r)
+            sent.append(osup.chat(client, fleet.url, None, QUESTION, timeout=10, rid=rid(f"lb{i}")))
     record("replies", osup.count_by(sent))
-    if any(r.status != 200 for r in sent):
-        fail(expected="밸런서(HTTPS)를 거친 POST /chat 6개가 모두 200",
+    if any(r.status != 401 for r in sent):
+        fail(expected="밸런서(HTTPS)를 거친, 키 없는 POST /chat 6개가 모두 복제본의 401",
              measured=", ".join(r.short() for r in sent))
-    served = []
-    for i in range(2):
-        ids = {d.get("request_id") for d in osup.request_lines(fleet.replicas.logs(i))}
-        served.append(sum(1 for r in sent if r.rid in ids))
+    def count() -> list[int]:
+        out = []
+        for i in range(2):
+            ids = {d.get("request_id") for d in osup.request_lines(fleet.replicas.logs(i))}
+            out.append(sum(1 for r in sent if r.rid in ids))
+        return out
+
+    harness.wait_until(lambda: sum(count()) >= len(sent), 2.0)  # the last line may still be on its way
+    served = count()
     record("served_by_replica", served)
     if min(served) == 0:
-        fail(expected="복제본 두 개가 모두 요청을 받음 (각 복제본의 JSON 로그 줄에서 X-Request-ID 로 셈)",
+        fail(expected="복제본 두 개가 모두 요청을 받음 (각 복제본의 JSON 로그 줄에서 채점기가 보낸 X-Request-ID 로 셈)",
              measured=f"복제본별로 받은 요청 {served} (요청 6개)")
 
 
@@ -512,6 +526,7 @@ def test_rate_limit(fleet):
     with fleet.client() as client:
         other_key = [osup.chat(client, fleet.url, KEY_B, QUESTION, timeout=10) for _ in range(4)]
     record("key_b", [r.status for r in other_key])
+    need_client_keys(other_key, "키 B")
     if any(r.status != 200 for r in other_key):
         fail(expected="키 A 가 한도를 넘긴 직후에도 키 B 의 보통 요청 4개는 모두 200",
              measured=", ".join(r.short() for r in other_key),
@@ -527,6 +542,7 @@ def test_redis_outage(fleet):
     need_balancer(fleet)
     with fleet.client() as client:
         base = [osup.chat(client, fleet.url, KEY_C, QUESTION, timeout=10) for _ in range(2)]
+        need_client_keys(base, "키 C")
         # 멈춘 Redis (SIGSTOP: 연결은 되지만 답이 없음) 다음에 꺼진 Redis (연결 거부).
         fleet.redis.freeze()
         try:
