@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import math
@@ -24,24 +25,21 @@ logger = logging.getLogger("llm-chat.resilience")
 REDIS_TIMEOUT_SECONDS = 0.1
 WARN_EVERY_SECONDS = 30.0  # Redis 오류 경고를 로그에 남기는 간격 (오류마다 한 줄이면 로그가 넘칩니다)
 RESPONSE_TTL_SECONDS = 24 * 3600  # 피드백을 받을 수 있는 기간
-# Redis 가 시간 초과로 답하지 않으면(멈춤) 이만큼은 부르지 않고 바로 fail open: 멈춘 Redis 가 요청마다 0.1 초씩 더하지 않게.
-# 연결 거부(꺼진 Redis)는 바로 실패하므로 건너뛰지 않습니다: Redis 가 다시 뜨면 다음 요청부터 셉니다.
-SKIP_REDIS_SECONDS = 1.0
-
-_redis_down_until = 0.0
+# 요청 하나 안에서 Redis 가 시간 초과로 답하지 않았으면(멈춘 Redis) 그 요청의 나머지 Redis 호출(응답 id)은 건너뜁니다:
+# 그러지 않으면 /chat 하나가 0.1 초씩 두 번 기다립니다. 요청마다 따로라서 Redis 가 다시 뜨면 다음 요청부터 셉니다.
+_redis_timed_out: contextvars.ContextVar[bool] = contextvars.ContextVar("redis_timed_out", default=False)
 
 
 def redis_skipped() -> bool:
-    """최근 SKIP_REDIS_SECONDS 안에 Redis 오류가 있었으면 True: 부르지 않고 바로 fail open."""
-    return time.monotonic() < _redis_down_until
+    """이 요청에서 이미 Redis 시간 초과가 있었으면 True: 부르지 않고 바로 fail open."""
+    return _redis_timed_out.get()
 
 
 def redis_failed(exc: BaseException) -> None:
-    global _redis_down_until
     from redis.exceptions import TimeoutError as RedisTimeout
 
     if isinstance(exc, (TimeoutError, RedisTimeout)):
-        _redis_down_until = time.monotonic() + SKIP_REDIS_SECONDS
+        _redis_timed_out.set(True)
 
 
 def client_id(api_key: str) -> str:
