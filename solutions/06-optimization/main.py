@@ -152,7 +152,14 @@ observability.hide_langsmith_payloads()
 observability.init_sentry(
     settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None,
     secrets=[settings.google_api_key.get_secret_value(), settings.service_api_key.get_secret_value(),
-             *(settings.prompt_encryption_keys.get_secret_value().split(",") if settings.prompt_encryption_keys else [])],
+    # BEGIN SOLUTION
+             *(settings.prompt_encryption_keys.get_secret_value().split(",") if settings.prompt_encryption_keys else []),
+             *(k.strip() for k in (settings.service_api_keys.get_secret_value().split(",")
+                                   if settings.service_api_keys else []))],
+    # STARTER
+    # # TODO 6 (lesson §5): SERVICE_API_KEYS 의 키들도 Sentry 이벤트에서 가릴 값으로.
+    #          *(settings.prompt_encryption_keys.get_secret_value().split(",") if settings.prompt_encryption_keys else [])],
+    # END SOLUTION
 )
 TRACER_PROVIDER = observability.tracer_provider()
 tracer = TRACER_PROVIDER.get_tracer("llm-chat")

@@ -115,6 +115,7 @@ observability.hide_langsmith_payloads()
 observability.init_sentry(
     settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None,
     secrets=[settings.google_api_key.get_secret_value(), settings.service_api_key.get_secret_value(),
+    # TODO 6 (lesson §5): SERVICE_API_KEYS 의 키들도 Sentry 이벤트에서 가릴 값으로.
              *(settings.prompt_encryption_keys.get_secret_value().split(",") if settings.prompt_encryption_keys else [])],
 )
 TRACER_PROVIDER = observability.tracer_provider()
