@@ -400,14 +400,14 @@ def test_frozen_redis_costs_one_timeout_per_request_not_two(service):
     assert after[0] is not None  # 다음 요청은 다시 Redis 로 (건너뛰기는 요청 하나 안에서만)
 
 
-def test_extra_client_keys_are_scrubbed_from_sentry_events():
+def test_extra_client_keys_are_scrubbed_from_sentry_events(tmp_path):
     """SERVICE_API_KEYS 의 키도 Sentry 이벤트에서 가릴 값 (05단계의 scrub 목록)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "SERVICE_API_KEYS": "extra-key-one, extra-key-two", "LOG_DIR": "/tmp"}
+    env = {**os.environ, "SERVICE_API_KEYS": "extra-key-one, extra-key-two", "LOG_DIR": str(tmp_path)}
     code = "import main, observability; print(sorted(k for k in observability._secrets if k.startswith('extra-')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
                          capture_output=True, text=True, timeout=60)
