@@ -29,8 +29,8 @@ import httpx
 
 from . import lesson
 
-__all__ = ["DEMO_SOURCE", "OTHER_KEY", "WIDGET_KEY", "LoadResult", "load", "metric", "quick_checks", "show", "start_balancer",
-           "start_redis", "start_widget"]
+__all__ = ["DEMO_SOURCE", "OTHER_KEY", "WIDGET_KEY", "LoadResult", "load", "metric", "show", "start_balancer",
+           "start_redis", "start_replicas", "start_widget"]
 
 DEMO_SOURCE = Path(__file__).resolve().parent / "data" / "faq_widget_prod"
 WIDGET_KEY = "lab-service-key"
@@ -46,6 +46,21 @@ def start_widget(env: Mapping[str, str] | None = None, name: str = "faq-widget")
         shutil.copytree(DEMO_SOURCE, folder, ignore=shutil.ignore_patterns("__pycache__"))
     full = {"WIDGET_API_KEYS": f"{WIDGET_KEY},{OTHER_KEY}", **(env or {})}
     return lesson.start_service(folder, module="app", env=full)
+
+
+def start_replicas(env: Mapping[str, str] | None = None, n: int = 2, name: str = "replicas"):
+    """`n` replicas of the demo as a coursekit.replicas.ReplicaSet (same port again after a restart, so nginx
+    needs no reload): `.restart(i)`, `.rolling_restart(after=...)`, `.addresses`. Health = GET /ready.
+    They talk to the lesson's simulator; stopped by `lesson.cleanup()` and at exit."""
+    from .replicas import ReplicaSet
+
+    folder = lesson.workdir() / name
+    if not folder.exists():
+        shutil.copytree(DEMO_SOURCE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    full = {**lesson.simulator().env(), "WIDGET_API_KEYS": f"{WIDGET_KEY},{OTHER_KEY}", **(env or {})}
+    rs = ReplicaSet(folder, n=n, env=full, module="app", health_path="/ready", graceful_seconds=10).start()
+    lesson.on_cleanup(rs.stop)
+    return rs
 
 
 def show(file: str = "app.py", start: str | None = None, end: str | None = None):
@@ -99,12 +114,14 @@ class LoadResult:
 
 def load(url: str, users: int = 20, seconds: float | None = 4.0, requests: int | None = None,
          keys: Sequence[str] = (WIDGET_KEY,), pause: float = 0.0, timeout: float = 15.0,
-         verify: Any = True, path: str = "/ask", during=None, obey_retry_after: bool = False) -> LoadResult:
+         verify: Any = True, path: str = "/ask", during=None, obey_retry_after: bool = False,
+         until: threading.Event | None = None) -> LoadResult:
     """`users` concurrent clients (asyncio + httpx, in a thread: a notebook's loop is already running)
     each sending POST /ask back to back (`pause` s between) for `seconds`, or `requests` in total.
     User i uses keys[i % len(keys)]. A request that gets no answer within `timeout` counts as status 0.
     `during(elapsed_s)` is called from a thread every 0.1 s while the load runs (chaos: stop Redis ...).
-    With `obey_retry_after` a user waits the `Retry-After` seconds of a 429/503 before its next request."""
+    With `obey_retry_after` a user waits the `Retry-After` seconds of a 429/503 before its next request.
+    `until`: users stop early once this event is set (`seconds` is then the upper bound)."""
     result = LoadResult()
     left = [requests] if requests is not None else None
 
@@ -117,6 +134,8 @@ def load(url: str, users: int = 20, seconds: float | None = 4.0, requests: int |
                     return
                 left[0] -= 1
             elif time.monotonic() >= stop_at:
+                return
+            if until is not None and until.is_set():
                 return
             q = QUESTIONS[(i + n) % len(QUESTIONS)]
             n += 1
@@ -174,18 +193,6 @@ def metric(url: str, name: str) -> float:
     return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
 
 
-# --------------------------------------------------------------------------- self-check
-QUICK_CHECKS = ("step06.no_retry", "step06.tls")
-
-
-def quick_checks() -> list[str]:
-    """The few step 06 checks the lesson's last cell runs (those of QUICK_CHECKS the manifest has)."""
-    from . import manifest
-
-    known = {c.id for c in manifest.load().checks}
-    return [c for c in QUICK_CHECKS if c in known]
-
-
 # --------------------------------------------------------------------------- Redis, nginx
 def start_redis():
     """A real redis-server (coursekit.redis_server.RedisServer) on a free loopback port: `.url`, `.client()`,
@@ -199,15 +206,17 @@ def start_redis():
     return server
 
 
-def start_balancer(fragment: str, replicas: Sequence[lesson.Service]):
+def start_balancer(fragment: str, replicas):
     """A real nginx (coursekit.balancer.Balancer) in front of the replicas, with HTTPS from its own test CA
     (trustme): the http-context `fragment` uses ${REPLICA_1}, ${REPLICA_2}, ${HTTP_PORT}, ${HTTPS_PORT},
     ${TLS_CERT}, ${TLS_KEY}. `.http_url`, `.https_url`, `.ssl_context()` (for httpx `verify=`),
-    `.reload(replicas=[...])`. Stopped by `lesson.cleanup()` and at exit."""
+    `.reload(replicas=[...])`, `.wait_served(address)`. `replicas`: lesson services or a ReplicaSet.
+    Stopped by `lesson.cleanup()` and at exit."""
     from .balancer import Balancer, find_nginx
 
     if find_nginx() is None:
         raise lesson.LessonError("이 절은 진짜 nginx 가 필요합니다 (Debian: apt-get install nginx, 코스: .ci/install-redis-nginx.sh).")
-    lb = Balancer(fragment, replicas=[r.port for r in replicas]).start()
+    addresses = replicas.addresses if hasattr(replicas, "addresses") else [r.port for r in replicas]
+    lb = Balancer(fragment, replicas=addresses).start()
     lesson.on_cleanup(lb.stop)
     return lb

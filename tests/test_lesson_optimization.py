@@ -69,3 +69,48 @@ def test_lesson_and_demo_repeat_no_step06_solution_line():
     flat = {name: " ".join(solutionless._norm(line) for line in text.splitlines()) for name, text in shown.items()}
     found = [(name, src, line) for name, text in flat.items() for src, lines in answers.items() for line in lines if line in text]
     assert not found, found
+
+
+def test_every_step06_check_has_a_self_check_cell_in_its_section():
+    """Each §N that a step06 check's hint names ends with `lesson.self_check(step="step06", section=N)`, inside §N
+    (before the next heading); together the cells grade every step06 check of the manifest."""
+    import json
+    import re
+
+    from coursekit import manifest
+
+    nb = json.loads((lo.DEMO_SOURCE.parents[2] / "steps" / "06-optimization" / "lesson.ipynb").read_text(encoding="utf-8"))
+    section, graded = None, {}
+    for cell in nb["cells"]:
+        text = "".join(cell["source"])
+        heading = re.match(r"## §(\d+) ", text) if cell["cell_type"] == "markdown" else None
+        if heading:
+            section = int(heading.group(1))
+        for n in re.findall(r'self_check\(step="step06", section=(\d+)', text) if cell["cell_type"] == "code" else []:
+            assert int(n) == section, f"§{n} 의 셀프 체크가 §{section} 안에 있습니다"
+            graded.update({cid: int(n) for cid in lesson.section_checks("step06", n)})
+    assert set(graded) == {c.id for c in manifest.load().step("step06").checks}
+    assert graded["step06.graceful"] == 8 and graded["step06.tls"] == 9 and graded["step06.redis_outage"] == 5
+
+
+def test_rolling_restart_behind_nginx_fails_no_request(own_sim):
+    """§8's demo: two replicas (same ports after a restart) behind nginx with fail_timeout=2s, a small load, and a
+    rolling restart that waits until nginx serves the restarted replica again: every request answered 200."""
+    import threading
+
+    fragment = ("upstream w { server ${REPLICA_1} max_fails=1 fail_timeout=2s; server ${REPLICA_2} max_fails=1 fail_timeout=2s; }\n"
+                "server { listen 127.0.0.1:${HTTP_PORT}; location / { proxy_pass http://w; proxy_next_upstream error timeout; } }\n")
+    rs = lo.start_replicas({}, name="rolling")
+    lb = lo.start_balancer(fragment, rs)
+    finished, started, waited = threading.Event(), threading.Event(), []
+
+    def roll(elapsed):
+        if elapsed > 0.3 and not started.is_set():
+            started.set()
+            rs.rolling_restart(after=lambda i, t: waited.append(lb.wait_served(rs.addresses[i])))
+            finished.set()
+
+    run = lo.load(lb.http_url, users=3, seconds=30, pause=0.1, during=roll, until=finished)   # a small load, as in §8
+    assert finished.is_set() and run.seconds < 25, run.summary()
+    assert [r.starts for r in rs.replicas] == [2, 2] and len(waited) == 2
+    assert run.statuses == {200: len(run.rows)} and len(run.rows) > 10, run.summary()
