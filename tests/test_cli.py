@@ -93,7 +93,11 @@ def test_progress_and_next_todo(capsys):
                         "checks": {c.id: ("passed" if i == 0 else "failed") for i, c in enumerate(s2.checks)}}}
     cli.print_progress(state, m)
     out = capsys.readouterr().out
-    assert "진행 상황" in out and f"1/{len(s2.checks)}" in out and "준비 중" in out
+    assert "진행 상황" in out and f"1/{len(s2.checks)}" in out
+    # A planned step (no checks yet) is listed as 준비 중; a ready one with its count of checks.
+    for step in m.steps:
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(step.id))
+        assert ("준비 중" in line) == (step.status != "ready"), line
     todo = cli.next_todo(state, m)
     # step01 not graded yet -> it is the next thing to do
     assert "step01" in todo
