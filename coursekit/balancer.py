@@ -34,7 +34,6 @@ certificate, trustme 1.2.1) ≈ 0.05 s. tests/test_step06_kit.py prints them.
 
 from __future__ import annotations
 
-import atexit
 import os
 import pwd
 import re
@@ -42,14 +41,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import free_port, port_open, skip_or_fail, stop_process
+from .procs import Registry, free_port, port_open, skip_or_fail, stop_process
 
 __all__ = ["Balancer", "BalancerError", "NginxResult", "TestCA", "find_nginx", "placeholders", "render_fragment",
            "require_nginx", "running", "stop_all"]
@@ -162,23 +160,10 @@ class NginxResult:
 
 
 # --------------------------------------------------------------------------- the balancer
-_RUNNING: list[Balancer] = []
-_LOCK = threading.Lock()
-
-
-def running() -> list[Balancer]:
-    with _LOCK:
-        return [b for b in _RUNNING if b.alive]
-
-
-def stop_all() -> None:
-    with _LOCK:
-        items = list(_RUNNING)
-    for b in items:
-        b.stop()
-
-
-atexit.register(stop_all)
+# What this module started: listed by running(), stopped by stop_all() and at exit (by PID).
+_STARTED = Registry("stop")
+running = _STARTED.running
+stop_all = _STARTED.stop_all
 
 
 class Balancer:
@@ -328,9 +313,7 @@ class Balancer:
                 self.process = subprocess.Popen(self._cmd("-g", "daemon off;"), cwd=self.prefix, stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True)
-            with _LOCK:
-                if self not in _RUNNING:
-                    _RUNNING.append(self)
+            _STARTED.add(self)
             ports = self._ports()
             deadline = began + self.timeout
             while self.process.poll() is None and not all(port_open(p) for p in ports):
@@ -394,9 +377,7 @@ class Balancer:
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop nginx by its PID (SIGTERM, then SIGKILL) and remove the prefix (and an own TestCA)."""
-        with _LOCK:
-            if self in _RUNNING:
-                _RUNNING.remove(self)
+        _STARTED.discard(self)
         if self.process is not None:
             stop_process(self.process, grace)
         self._cleanup()

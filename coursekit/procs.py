@@ -7,16 +7,19 @@ one rule for a missing system tool: skip with a Korean note on a learner's PC, f
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-__all__ = ["free_port", "port_open", "wait_until", "stop_process", "tool_path", "tools_required", "skip_or_fail"]
+__all__ = ["Registry", "free_port", "port_open", "wait_until", "stop_process", "tool_path", "tools_required",
+           "skip_or_fail"]
 
 
 def free_port() -> int:
@@ -75,3 +78,36 @@ def skip_or_fail(note: str) -> None:
     if tools_required():
         pytest.fail(f"[CI] {note} (COURSE_REQUIRE_TOOLS=1 에서는 건너뛸 수 없습니다)", pytrace=False)
     pytest.skip(note)
+
+
+class Registry:
+    """What one kit module started (servers, receivers, replica sets): `running()` lists them,
+    `stop_all()` stops each with its own method (by PID), and everything left is stopped when the
+    interpreter exits. Safe to use from several threads and to stop more than once."""
+
+    def __init__(self, stop: str = "stop", *, only_alive: bool = True):
+        self._items: list = []
+        self._lock = threading.Lock()
+        self._stop, self._only_alive = stop, only_alive
+        atexit.register(self.stop_all)
+
+    def add(self, item) -> None:
+        with self._lock:
+            if item not in self._items:
+                self._items.append(item)
+
+    def discard(self, item) -> None:
+        with self._lock:
+            if item in self._items:
+                self._items.remove(item)
+
+    def running(self) -> list:
+        with self._lock:
+            items = list(self._items)
+        return [i for i in items if getattr(i, "alive", True)] if self._only_alive else items
+
+    def stop_all(self) -> None:
+        with self._lock:
+            items = list(self._items)
+        for item in items:
+            getattr(item, self._stop)()

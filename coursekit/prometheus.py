@@ -24,7 +24,6 @@ Messages meant for people are Korean.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ from typing import Any
 import httpx
 import yaml
 
-from .procs import free_port, skip_or_fail, stop_process, tools_required
+from .procs import Registry, free_port, skip_or_fail, stop_process, tools_required
 
 __all__ = [
     "Alertmanager",
@@ -219,25 +218,10 @@ def _write_config(config: Mapping[str, Any] | str | os.PathLike, folder: Path, n
 
 
 # --------------------------------------------------------------------------- processes
-_RUNNING: list[_Server] = []
-_LOCK = threading.Lock()
-
-
-def running() -> list[_Server]:
-    """Components started by this module that are still running."""
-    with _LOCK:
-        return [s for s in _RUNNING if s.alive]
-
-
-def stop_all() -> None:
-    """Stop every component this module started (by PID). Safe to call more than once."""
-    with _LOCK:
-        servers = list(_RUNNING)
-    for s in servers:
-        s.stop()
-
-
-atexit.register(stop_all)
+# What this module started: listed by running(), stopped by stop_all() and at exit (by PID).
+_STARTED = Registry("stop")
+running = _STARTED.running
+stop_all = _STARTED.stop_all
 
 
 class _Server:
@@ -319,8 +303,7 @@ class _Server:
                 self.process = subprocess.Popen(
                     self._args(config_path) + self.extra_args, cwd=self.folder, stdout=out,
                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            with _LOCK:
-                _RUNNING.append(self)
+            _STARTED.add(self)
             self.started_at = time.time()
             self._client = httpx.Client(base_url=self.url, timeout=10.0)
             if self._wait_ready(began + self.timeout):
@@ -351,9 +334,7 @@ class _Server:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM by PID, SIGKILL after `grace` seconds; remove the temporary folder."""
-        with _LOCK:
-            if self in _RUNNING:
-                _RUNNING.remove(self)
+        _STARTED.discard(self)
         if self._client is not None:
             self._client.close()
             self._client = None

@@ -19,7 +19,6 @@ deflate, zstd) for the parsed views. Messages meant for people are Korean.
 
 from __future__ import annotations
 
-import atexit
 import email.parser
 import email.policy
 import gzip
@@ -32,6 +31,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from .procs import Registry
 
 __all__ = ["LangSmithReceiver", "Received", "SentryReceiver", "decode_body", "parse_envelope", "running", "stop_all"]
 
@@ -86,23 +87,10 @@ def decode_body(body: bytes, encoding: str | None) -> bytes:
     raise ValueError(f"모르는 Content-Encoding: {encoding}")
 
 
-_RUNNING: list[_Receiver] = []
-_LOCK = threading.Lock()
-
-
-def running() -> list[_Receiver]:
-    """Receivers started by this module that are still running."""
-    with _LOCK:
-        return list(_RUNNING)
-
-
-def stop_all() -> None:
-    """Stop every receiver this module started. Safe to call more than once."""
-    for r in running():
-        r.stop()
-
-
-atexit.register(stop_all)
+# What this module started: listed by running(), stopped by stop_all() and at exit (by PID).
+_STARTED = Registry("stop", only_alive=False)
+running = _STARTED.running
+stop_all = _STARTED.stop_all
 
 
 class _Receiver:
@@ -170,14 +158,11 @@ class _Receiver:
         if self._thread is None:
             self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
             self._thread.start()
-            with _LOCK:
-                _RUNNING.append(self)
+            _STARTED.add(self)
         return self
 
     def stop(self) -> None:
-        with _LOCK:
-            if self in _RUNNING:
-                _RUNNING.remove(self)
+        _STARTED.discard(self)
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)

@@ -36,18 +36,16 @@ What an outage costs a caller (measured, redis-py 8.1, limits 5.8):
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from .procs import free_port, port_open, skip_or_fail, stop_process
+from .procs import Registry, free_port, port_open, skip_or_fail, stop_process
 
 __all__ = ["RedisError", "RedisServer", "find_redis", "missing_note", "require_redis", "running", "stop_all"]
 
@@ -75,24 +73,10 @@ def require_redis(reason: str = "Redis 가 필요한 검사입니다") -> None:
         skip_or_fail(missing_note(reason))
 
 
-_RUNNING: list[RedisServer] = []
-_LOCK = threading.Lock()
-
-
-def running() -> list[RedisServer]:
-    with _LOCK:
-        return [s for s in _RUNNING if s.alive]
-
-
-def stop_all() -> None:
-    """Stop every redis-server this module started (by PID) and remove their folders."""
-    with _LOCK:
-        servers = list(_RUNNING)
-    for s in servers:
-        s.close()
-
-
-atexit.register(stop_all)
+# What this module started: listed by running(), stopped by stop_all() and at exit (by PID).
+_STARTED = Registry("close")
+running = _STARTED.running
+stop_all = _STARTED.stop_all
 
 
 class RedisServer:
@@ -173,9 +157,7 @@ class RedisServer:
                     cwd=self.folder, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)
             self.frozen = False
-            with _LOCK:
-                if self not in _RUNNING:
-                    _RUNNING.append(self)
+            _STARTED.add(self)
             if self._wait_ready(began + self.timeout):
                 self.startup_seconds = time.monotonic() - began
                 return self
@@ -232,9 +214,7 @@ class RedisServer:
     def close(self) -> None:
         """Stop and remove the temporary folder (the end of the context manager)."""
         self.stop()
-        with _LOCK:
-            if self in _RUNNING:
-                _RUNNING.remove(self)
+        _STARTED.discard(self)
         if self.folder is not None:
             self.last_log = self.log()
             shutil.rmtree(self.folder, ignore_errors=True)

@@ -27,21 +27,19 @@ shutdown (it re-raises the signal), so `restart()` reports exit_code -15, not 0.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 
-from .procs import free_port, port_open, stop_process
+from .procs import Registry, free_port, port_open, stop_process
 
 __all__ = ["Replica", "ReplicaError", "ReplicaSet", "running", "stop_all"]
 
@@ -50,21 +48,10 @@ class ReplicaError(RuntimeError):
     """A replica did not start, did not become healthy, or did not exit (Korean, with its log tail)."""
 
 
-_RUNNING: list[ReplicaSet] = []
-_LOCK = threading.Lock()
-
-
-def running() -> list[ReplicaSet]:
-    with _LOCK:
-        return list(_RUNNING)
-
-
-def stop_all() -> None:
-    for rs in running():
-        rs.stop()
-
-
-atexit.register(stop_all)
+# What this module started: listed by running(), stopped by stop_all() and at exit (by PID).
+_STARTED = Registry("stop", only_alive=False)
+running = _STARTED.running
+stop_all = _STARTED.stop_all
 
 
 class Replica:
@@ -162,8 +149,7 @@ class ReplicaSet:
         """Start all replicas (in parallel) and wait until each answers `health_path`."""
         if self.replicas:
             return self
-        with _LOCK:
-            _RUNNING.append(self)
+        _STARTED.add(self)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for i in range(self.n):
             port = free_port()
@@ -274,9 +260,7 @@ class ReplicaSet:
 
     def stop(self, grace: float | None = None) -> None:
         """Stop every replica by PID (SIGTERM, SIGKILL after grace) and remove the log folder."""
-        with _LOCK:
-            if self in _RUNNING:
-                _RUNNING.remove(self)
+        _STARTED.discard(self)
         limit = grace if grace is not None else self.graceful_seconds + 5
         for r in self.replicas:
             if r.process is not None and r.process.poll() is None:

@@ -22,7 +22,6 @@ running is stopped at exit. Messages meant for people are Korean.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import binascii
 import json
@@ -32,14 +31,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from .procs import free_port, skip_or_fail, stop_process, wait_until
+from .procs import Registry, free_port, skip_or_fail, stop_process, wait_until
 
 __all__ = [
     "MLFLOW_VERSION",
@@ -169,25 +167,10 @@ def install_record() -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------- the server
-_RUNNING: list[MLflowServer] = []
-_LOCK = threading.Lock()
-
-
-def running() -> list[MLflowServer]:
-    """MLflow servers started by this module that are still running."""
-    with _LOCK:
-        return [s for s in _RUNNING if s.alive]
-
-
-def stop_all() -> None:
-    """Stop every MLflow server this module started (by PID). Safe to call more than once."""
-    with _LOCK:
-        servers = list(_RUNNING)
-    for s in servers:
-        s.stop()
-
-
-atexit.register(stop_all)
+# What this module started: listed by running(), stopped by stop_all() and at exit (by PID).
+_STARTED = Registry("stop")
+running = _STARTED.running
+stop_all = _STARTED.stop_all
 
 
 def _stop_group(process: subprocess.Popen, grace: float) -> None:
@@ -381,8 +364,7 @@ class MLflowServer:
                 self.process = subprocess.Popen(args, cwd=self.folder, env=env, stdout=out,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True)
-            with _LOCK:
-                _RUNNING.append(self)
+            _STARTED.add(self)
             self._client = httpx.Client(base_url=self.url, timeout=30.0)
             if self._wait_ready(started + self.timeout):
                 self.startup_seconds = round(time.monotonic() - started, 2)
@@ -437,9 +419,7 @@ class MLflowServer:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the server's process group by its PID, SIGKILL after `grace` s; remove the folder."""
-        with _LOCK:
-            if self in _RUNNING:
-                _RUNNING.remove(self)
+        _STARTED.discard(self)
         if self._client is not None:
             self._client.close()
             self._client = None
