@@ -340,10 +340,13 @@ class Balancer:
         used = placeholders(self.template)
         return [p for name, p in (("HTTP_PORT", self.http_port), ("HTTPS_PORT", self.https_port)) if name in used]
 
-    def reload(self, replicas: Iterable | None = None, fragment: str | os.PathLike | None = None) -> NginxResult:
+    def reload(self, replicas: Iterable | None = None, fragment: str | os.PathLike | None = None, *,
+               wait_old: bool = True) -> NginxResult:
         """Re-render (optionally with other replicas or another fragment), `nginx -t`, then SIGHUP
         and wait until the new worker runs. A refused configuration raises BalancerError and the
-        old one keeps serving (as nginx does)."""
+        old one keeps serving (as nginx does). The old workers stop taking connections at once but
+        finish their requests: `wait_old` (default) waits for them too; `wait_old=False` returns as
+        soon as the new workers run (their requests still going, e.g. to a replica being drained)."""
         if not self.alive:
             raise BalancerError("nginx 가 실행 중이 아닙니다 (start() 먼저).")
         old_template, old_replicas = self.template, self.replicas
@@ -363,10 +366,18 @@ class Balancer:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             now = self._workers()
-            if now and not (now & before):
+            if now and (not (now & before) if wait_old else bool(now - before)):
                 break
             time.sleep(0.02)
         return result
+
+    def drained(self, address: str) -> list[str]:
+        """The replica list with `address` replaced by another replica: reload with it to take that
+        replica out of rotation (each `${REPLICA_N}` still filled, so the learner's fragment renders)."""
+        others = [a for a in self.replicas if a != _address(address)]
+        if not others:
+            raise BalancerError(f"{address} 말고 요청을 받을 복제본이 없습니다.")
+        return [others[0] if a == _address(address) else a for a in self.replicas]
 
     def _workers(self) -> set[int]:
         try:

@@ -173,13 +173,3 @@ def served_ok(balancer, address: str) -> int:
     """Requests (any path) the balancer's access log shows answered 200 by `address` alone (the kit's format)."""
     needle = f" upstream={address} upstream_status=200 "
     return sum(1 for line in balancer.access_log() if needle in line)
-
-
-def wait_served(balancer, address: str, before: int, timeout: float) -> float:
-    """Seconds until the balancer sent a request to `address` again and got 200 (`timeout` if never)."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if served_ok(balancer, address) > before:
-            return time.monotonic() - started
-        time.sleep(0.1)
-    return timeout

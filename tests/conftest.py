@@ -64,11 +64,13 @@ class LessonRun:
 
 
 @pytest.fixture(scope="session")
-def executed_lessons(tmp_path_factory):
+def executed_lessons(tmp_path_factory, shared_trace_backend):
     """A copy of the course WITHOUT solutions/ (what an instructor hands out) whose ready lessons
     were each executed once, top to bottom, in place, against a simulator of their own (the
     lesson kit starts it). tests/test_notebooks.py asserts each run passed; tests/test_docs.py
-    builds the site from the same executed notebooks, so `make test` runs every lesson once."""
+    builds the site from the same executed notebooks, so `make test` runs every lesson once.
+    The lessons' trace backend and their self-checks' grading runs attach to the session's shared
+    MLflow (`shared_trace_backend`) instead of starting one each."""
     import solutionless
     from coursekit import manifest
 

@@ -95,7 +95,8 @@ def test_every_step06_check_has_a_self_check_cell_in_its_section():
 
 def test_rolling_restart_behind_nginx_fails_no_request(own_sim):
     """§8's demo: two replicas (same ports after a restart) behind nginx with fail_timeout=2s, a small load, and a
-    rolling restart that waits until nginx serves the restarted replica again: every request answered 200."""
+    rolling restart that takes each replica out of nginx's rotation before its SIGTERM and puts it back once it is
+    ready again: every request answered 200."""
     import threading
 
     fragment = ("upstream w { server ${REPLICA_1} max_fails=1 fail_timeout=2s; server ${REPLICA_2} max_fails=1 fail_timeout=2s; }\n"
@@ -107,7 +108,7 @@ def test_rolling_restart_behind_nginx_fails_no_request(own_sim):
     def roll(elapsed):
         if elapsed > 0.3 and not started.is_set():
             started.set()
-            rs.rolling_restart(after=lambda i, t: waited.append(lb.wait_served(rs.addresses[i])))
+            rs.rolling_restart(balancer=lb, after=lambda i, t: waited.append(t))
             finished.set()
 
     run = lo.load(lb.http_url, users=3, seconds=30, pause=0.1, during=roll, until=finished)   # a small load, as in §8
