@@ -603,7 +603,7 @@ def test_tls(fleet):
     import re
     m = re.search(r"max-age\s*=\s*(\d+)", hsts)
     if not m or int(m.group(1)) <= 0:
-        fail(expected="HTTPS 응답에 Strict-Transport-Security: max-age=<양수>", measured=repr(hsts or None),
+        fail(expected="HTTPS 응답에 Strict-Transport-Security: max-age=<양수>", measured=f"Strict-Transport-Security: {hsts}" if hsts else "Strict-Transport-Security 헤더가 없습니다",
              hint="lesson.ipynb §9 '전송 중 암호화 TLS' — HTTPS server 블록에 "
                   "add_header Strict-Transport-Security \"max-age=31536000\" always; 를 넣으세요.")
     with httpx.Client() as plain:
