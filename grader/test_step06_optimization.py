@@ -603,9 +603,11 @@ def test_tls(fleet):
     import re
     m = re.search(r"max-age\s*=\s*(\d+)", hsts)
     if not m or int(m.group(1)) <= 0:
-        fail(expected="HTTPS 응답에 Strict-Transport-Security: max-age=<양수>", measured=f"Strict-Transport-Security: {hsts}" if hsts else "Strict-Transport-Security 헤더가 없습니다",
+        fail(expected="HTTPS 응답에 Strict-Transport-Security: max-age=<양수>",
+             measured=f"Strict-Transport-Security: {hsts}" if hsts else "Strict-Transport-Security 헤더가 없습니다",
              hint="lesson.ipynb §9 '전송 중 암호화 TLS' — HTTPS server 블록에 "
-                  "add_header Strict-Transport-Security \"max-age=31536000\" always; 를 넣으세요.")
+                  "add_header 로 Strict-Transport-Security 헤더를 넣으세요 (max-age 는 1년(31536000초) 이상, "
+                  "오류 응답에도 붙도록 always).")
     with httpx.Client() as plain:
         g = osup.request(plain, "GET", f"{fleet.balancer.http_url}/health", timeout=5)
         p = osup.chat(plain, fleet.balancer.http_url, KEY_E, QUESTION, timeout=5)

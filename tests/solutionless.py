@@ -59,13 +59,7 @@ def distinctive_solution_lines(root: Path = ROOT, min_length: int = 25) -> dict[
     out: dict[str, list[str]] = {}
     for sol_dir in sorted(p for p in (root / "solutions").iterdir() if p.is_dir()):
         starter_dir = root / "steps" / sol_dir.name
-        shared: set[str] = set()
-        if starter_dir.is_dir():
-            for f in starter_dir.rglob("*"):
-                if f.is_file():
-                    for l in _read(f).splitlines():
-                        # the starter's code line, also without its end-of-line comment
-                        shared |= {_norm(l), _norm(l.split("  #", 1)[0])}
+        shared = starter_lines(starter_dir)
         for f in sorted(sol_dir.rglob("*")):
             if not f.is_file() or "__pycache__" in f.parts:
                 continue
@@ -91,6 +85,18 @@ def distinctive_solution_lines(root: Path = ROOT, min_length: int = 25) -> dict[
             if lines:
                 out[f.relative_to(root).as_posix()] = lines
     return out
+
+
+def starter_lines(starter_dir: Path) -> set[str]:
+    """Every line of a starter folder, whitespace-normalized, also without its end-of-line comment:
+    what a learner of that step already has (a later step's starter carries the earlier answers)."""
+    shared: set[str] = set()
+    if starter_dir.is_dir():
+        for f in starter_dir.rglob("*"):
+            if f.is_file() and "__pycache__" not in f.parts:
+                for l in _read(f).splitlines():
+                    shared |= {_norm(l), _norm(l.split("  #", 1)[0])}
+    return shared
 
 
 IMPORT = re.compile(r"^(from\s+\S+\s+)?import\s")
