@@ -115,13 +115,15 @@ class LoadResult:
 def load(url: str, users: int = 20, seconds: float | None = 4.0, requests: int | None = None,
          keys: Sequence[str] = (WIDGET_KEY,), pause: float = 0.0, timeout: float = 15.0,
          verify: Any = True, path: str = "/ask", during=None, obey_retry_after: bool = False,
-         until: threading.Event | None = None) -> LoadResult:
+         until: threading.Event | None = None, keepalive: bool = True) -> LoadResult:
     """`users` concurrent clients (asyncio + httpx, in a thread: a notebook's loop is already running)
     each sending POST /ask back to back (`pause` s between) for `seconds`, or `requests` in total.
     User i uses keys[i % len(keys)]. A request that gets no answer within `timeout` counts as status 0.
     `during(elapsed_s)` is called from a thread every 0.1 s while the load runs (chaos: stop Redis ...).
     With `obey_retry_after` a user waits the `Retry-After` seconds of a 429/503 before its next request.
-    `until`: users stop early once this event is set (`seconds` is then the upper bound)."""
+    `until`: users stop early once this event is set (`seconds` is then the upper bound).
+    `keepalive=False`: one connection per request (`Connection: close`), for loads across an nginx reload,
+    which closes the old workers' idle keep-alive connections (a POST sent on one at that instant is lost)."""
     result = LoadResult()
     left = [requests] if requests is not None else None
 
@@ -141,7 +143,8 @@ def load(url: str, users: int = 20, seconds: float | None = 4.0, requests: int |
             n += 1
             start = time.monotonic()
             try:
-                r = await client.post(path, json={"q": q}, headers={"X-API-Key": key})
+                headers = {"X-API-Key": key} if keepalive else {"X-API-Key": key, "Connection": "close"}
+                r = await client.post(path, json={"q": q}, headers=headers)
                 status = r.status_code
                 body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
                 code, model = str(body.get("code", "")), str(body.get("model", ""))

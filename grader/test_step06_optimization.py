@@ -669,7 +669,7 @@ def test_graceful(calm_fleet, simulator, tmp_path):
         try:
             out["res"] = run_locust("step06_chat.py", fl.url, users=16, spawn_rate=16, run_time_s=20,
                                     env={"GRADER_SERVICE_KEYS": SERVICE_KEY, "GRADER_RESULTS_FILE": str(results),
-                                         "GRADER_CA_FILE": str(fl.verify)})
+                                         "GRADER_CA_FILE": str(fl.verify), "GRADER_CONNECTION_CLOSE": "1"})
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
             out["exc"] = exc
 
@@ -698,12 +698,17 @@ def test_graceful(calm_fleet, simulator, tmp_path):
         raise out["exc"]
     res = out["res"]
     rows = osup.read_rows(results)
-    failed = [r for r in rows if r.get("status") != 200]
+    # 서비스가 데드라인 안에 JSON 으로 낸 업스트림 응답(upstream_* 코드: 실제 지연의 긴 꼬리에서 모델 둘 다 늦음)은
+    # 재시작과 상관이 없으므로 세지 않습니다 (그 비율은 step06.retry_deadline 이 잽니다). 잃은 요청 = 응답이 없거나
+    # 서비스가 아닌 nginx 가 답한 것 (502 등, JSON 오류 코드 없음)이나 서비스의 다른 오류.
+    upstream = [r for r in rows if r.get("status") != 200 and str(r.get("code") or "").startswith("upstream_")]
+    failed = [r for r in rows if r.get("status") != 200 and not str(r.get("code") or "").startswith("upstream_")]
     record("load", osup.statuses(rows))
     record("steps", steps)
     if any(s.startswith("재시작 실패") for s in steps):
         fail(expected="SIGTERM 뒤 복제본이 정상 종료되고 같은 포트에서 다시 시작됨", measured=steps[-1])
-    if not rows or failed or res.failures:
-        fail(expected="부하 중 복제본 SIGTERM 과 롤링 재시작 동안 실패한 요청 0개",
-             measured=f"요청 {len(rows)}개 중 실패 {len(failed)}개: {osup.statuses(rows)}; {res.summary()}",
+    if not rows or failed:
+        fail(expected="부하 중 복제본 SIGTERM 과 롤링 재시작 동안 실패한 요청 0개 (서비스가 데드라인 안에 낸 upstream_* 답은 제외)",
+             measured=f"요청 {len(rows)}개 중 실패 {len(failed)}개 (업스트림 답 {len(upstream)}개는 제외): "
+                      f"{osup.statuses(rows)}; {res.summary()}",
              detail=failed_access(fl.balancer))

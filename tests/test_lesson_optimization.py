@@ -111,7 +111,8 @@ def test_rolling_restart_behind_nginx_fails_no_request(own_sim):
             rs.rolling_restart(balancer=lb, after=lambda i, t: waited.append(t))
             finished.set()
 
-    run = lo.load(lb.http_url, users=3, seconds=30, pause=0.1, during=roll, until=finished)   # a small load, as in §8
+    run = lo.load(lb.http_url, users=3, seconds=30, pause=0.1, during=roll, until=finished,   # a small load, as in §8
+                  keepalive=False)
     assert finished.is_set() and run.seconds < 25, run.summary()
     assert [r.starts for r in rs.replicas] == [2, 2] and len(waited) == 2
     assert run.statuses == {200: len(run.rows)} and len(run.rows) > 10, run.summary()

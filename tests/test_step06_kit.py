@@ -288,7 +288,11 @@ def test_rolling_restart_with_deregistration_loses_no_post(need_nginx, tiny_app)
             with httpx.Client(verify=lb.ssl_context(), timeout=10) as client:
                 while not done.is_set():
                     try:
-                        codes.append(client.post(lb.https_url + "/who?slow=0.2").status_code)
+                        # One connection per request: nginx's reload closes the old workers' idle keep-alive
+                        # connections, and a POST sent on one at that instant is lost (clients resend only
+                        # idempotent requests). The load balancer's own behaviour, not the replicas'.
+                        codes.append(client.post(lb.https_url + "/who?slow=0.2",
+                                                 headers={"Connection": "close"}).status_code)
                     except httpx.HTTPError:
                         codes.append(-1)
         workers = [threading.Thread(target=load) for _ in range(8)]

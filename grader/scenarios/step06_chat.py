@@ -6,6 +6,8 @@
 - GRADER_RESULTS_FILE: 응답마다 JSON 한 줄 (status, code, retry_after, fallback, model, seconds, rid)
 - GRADER_CA_FILE: HTTPS 로 보낼 때 검증할 CA 인증서 (채점기의 테스트 CA)
 - GRADER_PACING: 사용자 한 명이 요청을 보내는 간격(초). 0 이면 쉬지 않음
+- GRADER_CONNECTION_CLOSE: 1 이면 요청마다 새 연결 (Connection: close). nginx 를 다시 읽게 하는 동안: 옛 워커가
+  keep-alive 연결을 닫는 순간 그 연결로 보낸 POST 는 사라지고 다시 보내지지 않습니다 (밸런서와 클라이언트 사이의 일)
 """
 
 import itertools
@@ -25,6 +27,7 @@ KEYS = [k for k in os.environ.get("GRADER_SERVICE_KEYS", "").split(",") if k]
 RESULTS = os.environ.get("GRADER_RESULTS_FILE")
 CA_FILE = os.environ.get("GRADER_CA_FILE")
 PACING = float(os.environ.get("GRADER_PACING", "0") or 0)
+CLOSE = os.environ.get("GRADER_CONNECTION_CLOSE") == "1"
 _counter = itertools.count()
 _users = itertools.count()
 _out = open(RESULTS, "a", encoding="utf-8", buffering=1) if RESULTS else None  # noqa: SIM115
@@ -43,7 +46,8 @@ class ChatUser(HttpUser):
         n = next(_counter)
         message = f"{QUESTIONS[n % len(QUESTIONS)]} (요청 {n})"
         started = time.monotonic()
-        with self.client.post("/chat", json={"message": message}, headers={"X-API-Key": self.key},
+        headers = {"X-API-Key": self.key, **({"Connection": "close"} if CLOSE else {})}
+        with self.client.post("/chat", json={"message": message}, headers=headers,
                               timeout=30, catch_response=True, name="POST /chat") as resp:
             row = {"status": resp.status_code, "seconds": round(time.monotonic() - started, 4),
                    "retry_after": resp.headers.get("Retry-After"), "rid": resp.headers.get("X-Request-ID"),
