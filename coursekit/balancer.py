@@ -47,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import Registry, free_port, port_open, skip_or_fail, stop_process
+from .procs import Registry, free_port, port_open, skip_or_fail, stop_process, wait_until
 
 __all__ = ["Balancer", "BalancerError", "NginxResult", "TestCA", "find_nginx", "placeholders", "render_fragment",
            "require_nginx", "running", "stop_all"]
@@ -363,12 +363,12 @@ class Balancer:
                                 result.output)
         before = self._workers()
         os.kill(self.process.pid, signal.SIGHUP)
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
+
+        def new_workers_run() -> bool:
             now = self._workers()
-            if now and (not (now & before) if wait_old else bool(now - before)):
-                break
-            time.sleep(0.02)
+            return bool(now) and (not (now & before) if wait_old else bool(now - before))
+
+        wait_until(new_workers_run, self.timeout, interval=0.02)
         return result
 
     def drained(self, address: str) -> list[str]:
@@ -454,10 +454,8 @@ class Balancer:
         timeout. `since`: the `served(address)` count to exceed (default: the count now)."""
         began = time.monotonic()
         base = self.served(address) if since is None else since
-        while time.monotonic() - began < timeout:
-            if self.served(address) > base:
-                return time.monotonic() - began
-            time.sleep(0.05)
+        if wait_until(lambda: self.served(address) > base, timeout):
+            return time.monotonic() - began
         raise BalancerError(f"nginx 가 {timeout:.0f}초 안에 복제본 {address} 로 요청을 다시 보내지 않았습니다 "
                             f"(fail_timeout 이 너무 길거나, 트래픽이 없거나, 복제본이 답하지 않음).")
 

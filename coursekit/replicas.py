@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from .procs import Registry, free_port, port_open, stop_process
+from .procs import Registry, free_port, port_open, stop_process, wait_until
 
 __all__ = ["Replica", "ReplicaError", "ReplicaSet", "running", "stop_all"]
 
@@ -219,9 +219,7 @@ class ReplicaSet:
         r = self.replicas[i]
         if r.alive:
             raise ReplicaError(f"복제본 {i + 1} 이(가) 아직 실행 중입니다.")
-        deadline = time.monotonic() + 5
-        while port_open(r.port) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: not port_open(r.port), 5, interval=0.02)
         self._spawn(r)
         return self._wait_healthy(r)
 

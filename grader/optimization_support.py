@@ -166,10 +166,3 @@ def request_lines(text: str) -> list[dict]:
         if isinstance(obj, dict) and obj.get("event") == "request":
             out.append(obj)
     return out
-
-
-# --------------------------------------------------------------------------- nginx access log
-def served_ok(balancer, address: str) -> int:
-    """Requests (any path) the balancer's access log shows answered 200 by `address` alone (the kit's format)."""
-    needle = f" upstream={address} upstream_status=200 "
-    return sum(1 for line in balancer.access_log() if needle in line)

@@ -657,7 +657,7 @@ def test_graceful(calm_fleet, simulator, tmp_path):
     with fl.client() as client:
         for _ in range(4):
             osup.request(client, "GET", f"{fl.url}/health", timeout=5)
-    used = [a for a in fl.replicas.addresses if osup.served_ok(fl.balancer, a)]
+    used = [a for a in fl.replicas.addresses if fl.balancer.served(a)]
     if len(used) < 2:
         blocked("step06.balancer", measured=f"밸런서를 거친 요청 4개를 받은 복제본 {len(used)}개 (두 개여야 롤링 재시작이 가능)")
     # 2) 부하 중에 복제본 하나에 SIGTERM (재시작), 이어서 둘 다 롤링 재시작. 실패한 요청이 0 이어야 합니다.

@@ -32,17 +32,18 @@ def shared_trace_backend():
         yield None
         return
     with tracing.MLflowServer(experiment="shared", share=False) as server:
-        os.environ[tracing.SHARED_URL_ENV] = server.url
-        try:
-            yield server
-        finally:
-            os.environ.pop(tracing.SHARED_URL_ENV, None)
+        yield server
 
 
 def needs_trace_backend(request, step_id: str | None) -> None:
-    """Start (once) the shared trace backend when a test grades step 05 or later."""
+    """When a test grades step 05 or later: start (once) the shared trace backend and point this test's
+    grading subprocesses at it (`COURSE_MLFLOW_URL`, set for this test only; in-process code never sees it)."""
     if step_id and step_id >= "step05":
-        request.getfixturevalue("shared_trace_backend")
+        server = request.getfixturevalue("shared_trace_backend")
+        if server is not None:
+            from coursekit import tracing
+
+            request.getfixturevalue("monkeypatch").setenv(tracing.SHARED_URL_ENV, server.url)
 
 
 @pytest.fixture
@@ -79,6 +80,10 @@ def executed_lessons(tmp_path_factory, shared_trace_backend):
     for step in (s for s in manifest.load().steps if s.status == "ready"):
         nb = copy / "steps" / step.folder / step.notebook
         env = solutionless.env(copy)
+        if shared_trace_backend is not None:
+            from coursekit import tracing
+
+            env[tracing.SHARED_URL_ENV] = shared_trace_backend.url
         for key in ("GOOGLE_GEMINI_BASE_URL", "GOOGLE_API_KEY"):
             env.pop(key, None)
         started = time.monotonic()

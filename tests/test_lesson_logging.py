@@ -86,13 +86,11 @@ def test_access_log_on_is_a_second_line(own_sim):
     assert len(ll.stdout_lines(noisy)) - before == 2
 
 
-def test_spans_per_attempt_in_mlflow_and_one_scrubbed_sentry_event(own_sim, monkeypatch):
+def test_spans_per_attempt_in_mlflow_and_one_scrubbed_sentry_event(own_sim):
     from coursekit import tracing
 
     if tracing.find_backend() is None:
         pytest.skip(tracing.missing_note())
-    # The lesson's own MLflow, as a learner gets it (not the session's shared one: cleanup must stop it).
-    monkeypatch.delenv(tracing.SHARED_URL_ENV, raising=False)
     mlflow = ll.start_tracing()
     sentry, smith = ll.start_receivers()
     widget = ll.start_widget({**mlflow.env(), "WIDGET_SENTRY_DSN": sentry.dsn, **smith.env(project="faq-widget"),
