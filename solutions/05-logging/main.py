@@ -432,8 +432,10 @@ async def lifespan(app: FastAPI):
     import sentry_sdk
 
     sentry_sdk.flush(timeout=2)
+    await asyncio.to_thread(observability.flush_langsmith)  # LangSmith 의 실행도 (켜져 있을 때만, 최대 5 초)
     # STARTER
     # # TODO 10 (lesson §6 'OpenTelemetry 추적'): 종료할 때 TRACER_PROVIDER.force_flush() 로 남은 스팬을 내보내세요.
+    # # LangSmith 의 실행도: await asyncio.to_thread(observability.flush_langsmith) (레슨 §8).
     # END SOLUTION
 
 

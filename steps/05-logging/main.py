@@ -312,6 +312,7 @@ async def lifespan(app: FastAPI):
     await judge_llm.aclose()
     await app.state.llm.aclose()
     # TODO 10 (lesson §6 'OpenTelemetry 추적'): 종료할 때 TRACER_PROVIDER.force_flush() 로 남은 스팬을 내보내세요.
+    # LangSmith 의 실행도: await asyncio.to_thread(observability.flush_langsmith) (레슨 §8).
 
 
 app = FastAPI(

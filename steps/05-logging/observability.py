@@ -7,6 +7,7 @@
     tracer_provider()          OpenTelemetry TracerProvider + OTLP/HTTP 내보내기 (레슨 §6)
     add_upstream_headers()     LLM 호출의 HTTP 요청마다 traceparent 와 X-Request-ID (레슨 §3, §6)
     hide_langsmith_payloads()  LangSmith 에 입력(프롬프트)과 출력(답)을 보내지 않음 (레슨 §8)
+    flush_langsmith()          종료할 때 LangSmith 가 모아 둔 실행을 보냄 (레슨 §8)
     init_sentry(), scrub()     Sentry: 헤더, 본문, 키를 지우고 보냄 (레슨 §9)
 
 로그 줄에 절대 넣지 않는 것: 키, Authorization/X-API-Key/Cookie 헤더, 사용자의 질문, 모델의 답 (레슨 §4).
@@ -140,6 +141,15 @@ def hide_langsmith_payloads() -> None:
     켜져도 프롬프트와 답은 보내지 않습니다: 실행(run)의 구조, 시간, 토큰, 오류만. 운영자가 명시적으로 false 로 두면 그 값."""
     # TODO 13 (lesson §8 'LangSmith'): LANGSMITH_HIDE_INPUTS 와 LANGSMITH_HIDE_OUTPUTS 를 "true" 로 정하세요
     # (os.environ.setdefault): 그러지 않으면 LangSmith 를 켜는 순간 모든 질문과 답이 밖으로 나갑니다.
+
+
+def flush_langsmith(timeout: float = 5.0) -> None:
+    """종료 직전에: LangSmith 가 켜져 있으면 클라이언트가 모아 둔 실행을 지금 보냅니다 (최대 timeout 초).
+    실행은 백그라운드 스레드가 묶어 보내므로, 요청 직후에 끝나는 프로세스는 이것 없이 실행을 잃을 수 있습니다."""
+    from langsmith import run_trees, utils
+
+    if utils.tracing_is_enabled():
+        run_trees.get_cached_client().flush(timeout=timeout)
 
 
 # --------------------------------------------------------------------------- Sentry (§9)

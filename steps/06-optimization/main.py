@@ -394,6 +394,7 @@ async def lifespan(app: FastAPI):
     import sentry_sdk
 
     sentry_sdk.flush(timeout=2)
+    await asyncio.to_thread(observability.flush_langsmith)  # LangSmith 의 실행도 (켜져 있을 때만, 최대 5 초)
 
 
 app = FastAPI(
