@@ -190,11 +190,12 @@ STILL_HOLDS = [("step03", "step02", ["step02.contract", "step02.health", "step02
 
 # Step 06 adds behaviour the earlier graders do not know about and that their own loads would trip:
 # a per-key rate limit (their load runs from one key), a circuit breaker (their injected 5xx open it),
-# load shedding (their loads), a fallback model (their injected 5xx would be
+# load shedding (their loads), a response cache (their repeated questions would be answered without the
+# upstream call and the tokens they count), a fallback model (their injected 5xx would be
 # answered by it) and a total deadline (step 04's quality check uses the slow thinking model). The
 # earlier contract must still hold with those switched off by configuration, as an operator would.
 STILL_HOLDS_ENV = {"step06": {"RATE_LIMIT": "100000/minute", "FALLBACK_MODEL": "", "REQUEST_DEADLINE_SECONDS": "60",
-                               "CIRCUIT_FAIL_MAX": "100000", "MAX_IN_FLIGHT": "1000"}}
+                               "CIRCUIT_FAIL_MAX": "100000", "MAX_IN_FLIGHT": "1000", "CACHE_TTL_SECONDS": "0"}}
 
 
 @pytest.mark.parametrize("later, earlier, checks", STILL_HOLDS, ids=[f"{a}-keeps-{b}" for a, b, _ in STILL_HOLDS])
