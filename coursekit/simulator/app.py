@@ -101,6 +101,9 @@ class Simulator:
             "faults": {"error_429": 0, "error_500": 0, "error_503": 0, "hang": 0, "quota_429": 0,
                        "malformed": 0, "safety_block": 0, "empty_candidates": 0, "slow_first_token": 0,
                        "stream_cut": 0},
+            # answer streams: started; completed = the last chunk was sent; abandoned = the client left first
+            # (a stream_cut fault is neither: it is counted in faults)
+            "streams": {"started": 0, "completed": 0, "abandoned": 0},
         }
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -425,7 +428,7 @@ class Simulator:
                 self._account(model, usage, record)
                 await self._send(send, 200, orjson.dumps(body))
                 return
-            await self._stream(send, model, text, finish, usage, rid,
+            await self._stream(send, receive, model, text, finish, usage, rid,
                                slow_first + ttft + ans.thoughts_tokens * per_token, per_token, record, parts,
                                chunk_extra=chunk_extra, cut=cut)
         finally:
@@ -497,8 +500,40 @@ class Simulator:
         else:
             await self._send(send, 200, b"data: " + cut + b"\r\n\r\n", headers=_SSE_HEADERS)
 
-    async def _stream(self, send, model, text, finish, usage, rid, first_delay, per_token, record, parts=None,
-                      chunk_extra: float = 0.0, cut: bool = False):
+    async def _stream(self, send, receive, model, text, finish, usage, rid, first_delay, per_token, record,
+                      parts=None, chunk_extra: float = 0.0, cut: bool = False):
+        """Send the answer as SSE chunks while watching receive() for http.disconnect: a client that
+        leaves before the last chunk stops the generation at once (streams.abandoned)."""
+        streams = self.counters["streams"]
+        streams["started"] += 1
+        gone = asyncio.ensure_future(_disconnected(receive))
+        work = asyncio.ensure_future(self._stream_chunks(
+            send, gone, model, text, finish, usage, rid, first_delay, per_token, record, parts, chunk_extra, cut))
+        try:
+            await asyncio.wait({gone, work}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:       # the server shuts down: stop generating
+            work.cancel()
+            raise
+        finally:
+            if not gone.done():
+                gone.cancel()
+        if not work.done():                  # the client left while a chunk was being prepared
+            work.cancel()
+            try:
+                await work
+            except asyncio.CancelledError:
+                pass
+            streams["abandoned"] += 1
+            return
+        try:
+            work.result()
+        except _ClientGone:
+            streams["abandoned"] += 1
+            return
+        streams["completed"] += 1
+
+    async def _stream_chunks(self, send, gone, model, text, finish, usage, rid, first_delay, per_token, record,
+                             parts, chunk_extra, cut):
         pieces = split_tokens(text) if parts is None else []
         chunks: list[tuple[str, int]] = []
         buf, n = [], 0
@@ -512,9 +547,19 @@ class Simulator:
             chunks.append(("".join(buf), n))
         self._inc("by_status", "200")
         self._account(model, usage, record)
+
+        async def out(message):
+            # uvicorn drops a send after a disconnect silently: check first; a failing send is a disconnect too
+            if gone.done():
+                raise _ClientGone
+            try:
+                await send(message)
+            except OSError as exc:
+                raise _ClientGone from exc
+
         if first_delay > 0:
             await asyncio.sleep(first_delay)
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await out({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         if cut:   # about half of the answer, never its last chunk, then the connection drops
             if len(chunks) == 1:
                 head = chunks[0][0][: len(chunks[0][0]) // 2]
@@ -533,8 +578,8 @@ class Simulator:
             if i == last:
                 cand["finishReason"] = finish
                 obj["usageMetadata"] = usage
-            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(obj) + b"\r\n\r\n",
-                        "more_body": i != last})
+            await out({"type": "http.response.body", "body": b"data: " + orjson.dumps(obj) + b"\r\n\r\n",
+                       "more_body": i != last})
 
     async def _count_tokens(self, req, send):
         inner = req.get("generateContentRequest")
@@ -608,6 +653,16 @@ async def _read_body(receive) -> bytes | None:
         if not msg.get("more_body"):
             break
     return b"".join(chunks)
+
+
+class _ClientGone(Exception):
+    """The client disconnected while its answer was being streamed."""
+
+
+async def _disconnected(receive) -> None:
+    """Return once receive() reports http.disconnect (the request body was already read)."""
+    while (await receive()).get("type") != "http.disconnect":
+        pass
 
 
 async def _sleep_unless_disconnect(seconds: float, receive) -> bool:
