@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -165,4 +166,144 @@ def request_lines(text: str) -> list[dict]:
             continue
         if isinstance(obj, dict) and obj.get("event") == "request":
             out.append(obj)
+    return out
+
+
+# --------------------------------------------------------------------------- cache (step06.cache)
+def same_burst(base_url: str, key: str, message: str, n: int, *, timeout: float) -> list[Reply]:
+    """n POST /chat with the SAME message, released together (a barrier) over n connections of one pool."""
+    barrier = threading.Barrier(n)
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    with httpx.Client(limits=limits) as client:
+        def one(_: int) -> Reply:
+            try:
+                barrier.wait(timeout=10)
+            except threading.BrokenBarrierError:
+                pass
+            return chat(client, base_url, key, message, timeout=timeout)
+
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            return list(pool.map(one, range(n)))
+
+
+def metric_samples(text: str, sample: str) -> list[tuple[dict[str, str], float]]:
+    """Samples named `sample` (e.g. llm_cache_requests_total) in a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    try:
+        for family in text_string_to_metric_families(text):
+            out += [(dict(s.labels), float(s.value)) for s in family.samples if s.name == sample]
+    except ValueError:
+        return out
+    return out
+
+
+# --------------------------------------------------------------------------- SSE (step06.streaming)
+@dataclass
+class SseEvent:
+    event: str            # "message" when the event has no `event:` field (SSE default)
+    data: Any             # the JSON of `data:` (the raw text when it is not JSON)
+    at: float             # seconds since the request was sent
+
+
+@dataclass
+class Stream:
+    """What one POST /chat/stream got back (status 0 = no HTTP answer)."""
+
+    status: int
+    content_type: str = ""
+    events: list[SseEvent] = field(default_factory=list)
+    seconds: float = 0.0          # until the stream ended, the grader left, or reading failed
+    body: Any = None              # the JSON body when the answer was not a stream
+    error: str | None = None      # a transport error or timeout while reading
+    left: bool = False            # the grader closed the connection after the first delta
+
+    def named(self, name: str) -> list[SseEvent]:
+        return [e for e in self.events if e.event == name]
+
+    @property
+    def deltas(self) -> list[SseEvent]:
+        return self.named("delta")
+
+    @property
+    def text(self) -> str:
+        return "".join(e.data["text"] for e in self.deltas
+                       if isinstance(e.data, dict) and isinstance(e.data.get("text"), str))
+
+    @property
+    def end(self) -> str | None:
+        """The last event's name."""
+        return self.events[-1].event if self.events else None
+
+    def first_delta_at(self) -> float | None:
+        return self.deltas[0].at if self.deltas else None
+
+    def short(self) -> str:
+        if self.status == 0:
+            return f"응답 없음 ({self.error}, {self.seconds:.2f}초)"
+        if not self.content_type.startswith("text/event-stream"):
+            text = json.dumps(self.body, ensure_ascii=False)[:160] if self.body is not None else "(JSON 아님)"
+            return f"HTTP {self.status}, Content-Type {self.content_type or '없음'}, 본문 {text}"
+        names: dict[str, int] = {}
+        for e in self.events:
+            names[e.event] = names.get(e.event, 0) + 1
+        what = ", ".join(f"{k} {v}개" for k, v in names.items()) or "이벤트 없음"
+        tail = f", 마지막 이벤트 {self.end}" if self.events else ""
+        err = f", 읽기 오류 {self.error}" if self.error else ""
+        return f"HTTP {self.status} text/event-stream: {what}{tail}{err} ({self.seconds:.2f}초)"
+
+
+def _sse_data(lines: list[str]) -> Any:
+    raw = "\n".join(lines)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def stream_chat(client: httpx.Client, base_url: str, key: str | None, message: str, *, timeout: float,
+                leave_after_first_delta: bool = False, rid: str | None = None) -> Stream:
+    """POST /chat/stream and read its Server-Sent Events as they arrive (the SSE rules: `event:`,
+    `data:` lines, a blank line ends an event, `:` lines are comments such as keep-alive pings).
+    `timeout` bounds the wait for each piece; a stream that stops sending ends with `error`."""
+    headers = {"X-API-Key": key} if key is not None else {}
+    if rid:
+        headers["X-Request-ID"] = rid
+    started = time.monotonic()
+    out = Stream(0)
+    try:
+        with client.stream("POST", f"{base_url}/chat/stream", json={"message": message}, headers=headers,
+                           timeout=timeout) as resp:
+            out.status = resp.status_code
+            out.content_type = resp.headers.get("content-type", "")
+            if not out.content_type.startswith("text/event-stream"):
+                resp.read()
+                try:
+                    out.body = resp.json()
+                except ValueError:
+                    out.body = None
+                out.seconds = time.monotonic() - started
+                return out
+            name, data = None, []
+            for line in resp.iter_lines():
+                if line == "":
+                    if data:
+                        out.events.append(SseEvent(name or "message", _sse_data(data), time.monotonic() - started))
+                        if leave_after_first_delta and out.events[-1].event == "delta":
+                            out.left = True
+                            break
+                    name, data = None, []
+                elif line.startswith(":"):
+                    continue
+                else:
+                    field_name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if field_name == "event":
+                        name = value
+                    elif field_name == "data":
+                        data.append(value)
+    except httpx.HTTPError as exc:
+        out.error = f"{type(exc).__name__}: {exc}"[:200]
+    out.seconds = time.monotonic() - started
     return out

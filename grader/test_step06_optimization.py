@@ -712,3 +712,383 @@ def test_graceful(calm_fleet, simulator, tmp_path):
              measured=f"요청 {len(rows)}개 중 실패 {len(failed)}개 (업스트림 답 {len(upstream)}개는 제외): "
                       f"{osup.statuses(rows)}; {res.summary()}",
              detail=failed_access(fl.balancer))
+
+
+# =========================================================================== response cache + coalescing (part 2)
+CACHE_TTL = 3.0                          # CACHE_TTL_SECONDS (기본 300)
+CACHE_MODEL = "gemini-3.5-pro"           # LLM_MODEL (기본이 아닌 모델)
+CACHE_MODEL_B = "gemini-3.5-flash-lite"  # 모델만 다른 서비스 B
+CACHE_PROMPT = "v1"                      # PROMPT_VERSION (기본 v2)
+CACHE_PROMPT_C = "v2"                    # 프롬프트 버전만 다른 서비스 C
+HIT_P50_SECONDS = 0.010
+COALESCE_N = 100
+COALESCE_DELAY = 0.5                     # 업스트림의 첫 토큰 지연 (같은 질문 100개가 동시에 기다리는 시간)
+Q1 = "Pro 요금제의 API 호출 한도는 얼마인가요?"
+Q1_VARIANT = "  pro 요금제의   ＡＰＩ 호출 한도는\t얼마인가요?  "   # 공백, 대소문자, 전각 문자만 다름 (NFKC)
+
+
+@dataclass
+class CacheFleet:
+    redis: Any
+    a: Any                # 서비스 A (모델 M, 프롬프트 v)
+    a2: Any               # A 와 같은 설정의 두 번째 복제본
+    b: Any                # 모델만 다름
+    c: Any                # 프롬프트 버전만 다름
+    client: httpx.Client
+
+    def ask(self, svc, message: str, tag: str) -> osup.Reply:
+        return osup.chat(self.client, svc.base_url, SERVICE_KEY, message, timeout=DEADLINE + 2.5, rid=rid(tag))
+
+
+@pytest.fixture(scope="module")
+def cache_fleet(step_dir, tmp_path_factory, simulator):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from coursekit.redis_server import RedisServer, require_redis
+
+    require_redis("step 06 의 응답 캐시 검사에는 redis-server 가 필요합니다")
+    simulator.reset(config=True)
+    root = tmp_path_factory.mktemp("step06-cache")
+    with ExitStack() as stack:
+        redis = stack.enter_context(RedisServer())
+        common = {"LLM_MODEL": CACHE_MODEL, "PROMPT_VERSION": CACHE_PROMPT, "CACHE_TTL_SECONDS": str(CACHE_TTL),
+                  "REDIS_URL": redis.url, "CIRCUIT_FAIL_MAX": "1000", "MAX_IN_FLIGHT": "300"}
+        variants = [("A", {}), ("A2", {}), ("B", {"LLM_MODEL": CACHE_MODEL_B}), ("C", {"PROMPT_VERSION": CACHE_PROMPT_C})]
+
+        def start(item):
+            label, extra = item
+            sub = root / label
+            sub.mkdir()
+            graded = copy_step(step_dir, sub)
+            env = base_env(simulator, sub, **{**common, **extra})
+            return stack.enter_context(run_service(graded, env=env, name=f"{graded.name} (캐시 검사용 {label})"))
+
+        with ThreadPoolExecutor(max_workers=len(variants)) as pool:   # 네 서비스를 함께 띄움 (시작 시간 절약)
+            svcs = list(pool.map(start, variants))
+        client = stack.enter_context(httpx.Client())
+        yield CacheFleet(redis, *svcs, client)
+    simulator.reset(config=True)
+
+
+def calls(sim, model: str | None = None) -> int:
+    """Upstream calls the simulator received (for one model, or all)."""
+    s = sim.stats()
+    return int((s.get("by_model") or {}).get(model, 0)) if model else int(s.get("requests_total", 0))
+
+
+def xcache(r: osup.Reply) -> str:
+    return (r.headers.get("x-cache") or "").strip().lower() or "없음"
+
+
+def answer_text(r: osup.Reply) -> str | None:
+    return r.body.get("response") if isinstance(r.body, dict) else None
+
+
+@check("step06.cache")
+def test_cache(cache_fleet, simulator):
+    f = cache_fleet
+    # 1) 싼 확인: 처음 묻는 질문은 X-Cache: miss, 업스트림 호출 1번.
+    before = calls(simulator)
+    first = f.ask(f.a, Q1, "cache-miss")
+    set_at = time.monotonic()
+    n = calls(simulator) - before
+    record("first", f"{first.short()}, X-Cache {xcache(first)}, 업스트림 호출 {n}번")
+    if first.status != 200:
+        fail(expected="처음 묻는 질문에 200", measured=first.short())
+    if xcache(first) != "miss" or n != 1:
+        fail(expected="처음 묻는 질문: 응답 헤더 X-Cache: miss, 업스트림 호출 1번",
+             measured=f"X-Cache {xcache(first)}, 업스트림 호출 {n}번")
+    original = answer_text(first)
+    first_id = first.body.get("response_id")
+
+    # 2) 같은 질문 20번: 모두 hit, 업스트림 호출 0번, 빠름, 응답 id 는 매번 새로, 답은 같음.
+    before = calls(simulator)
+    hits = [f.ask(f.a, Q1, "cache-hit") for _ in range(20)]
+    n = calls(simulator) - before
+    seen = {}
+    for r in hits:
+        seen[f"{r.status} {xcache(r)}"] = seen.get(f"{r.status} {xcache(r)}", 0) + 1
+    p50 = osup.median([r.seconds for r in hits])
+    ids = {r.body.get("response_id") for r in hits if isinstance(r.body, dict)}
+    record("repeat", seen)
+    record("repeat_upstream_calls", n)
+    record("hit_p50_ms", round(p50 * 1000, 2))
+    if any(r.status != 200 or xcache(r) != "hit" for r in hits) or n:
+        fail(expected="같은 질문을 20번 더: 모두 200, X-Cache: hit, 업스트림 호출 0번",
+             measured=f"응답 {seen}, 업스트림 호출 {n}번")
+    not_cached = [r.body.get("cached") for r in hits if r.body.get("cached") is not True]
+    if not_cached:
+        fail(expected="캐시가 답한 응답 본문에 \"cached\": true", measured=f"20개 중 {len(not_cached)}개가 cached={not_cached[0]!r}")
+    wrong = [answer_text(r) for r in hits if answer_text(r) != original]
+    if wrong:
+        fail(expected="캐시가 답한 응답의 response 는 처음 답과 같음", measured=f"다른 답 {len(wrong)}개: {wrong[0]!r:.80}")
+    if len(ids - {None, first_id}) != len(hits):
+        fail(expected="캐시가 답해도 응답마다 새 response_id (피드백은 응답 하나에 한 번)",
+             measured=f"응답 {len(hits)}개에 새 response_id {len(ids - {None, first_id})}개")
+    if p50 >= HIT_P50_SECONDS:
+        fail(expected=f"캐시 적중 응답의 p50 < {HIT_P50_SECONDS * 1000:.0f} ms", measured=f"{p50 * 1000:.1f} ms")
+
+    # 3) 공백, 대소문자, 전각 문자만 다른 질문 -> hit. 4) 같은 설정의 다른 복제본 A2 -> hit (Redis 공유).
+    before = calls(simulator)
+    variant = f.ask(f.a, Q1_VARIANT, "cache-variant")
+    other_replica = f.ask(f.a2, Q1, "cache-a2")
+    n = calls(simulator) - before
+    record("variant", f"{variant.short()}, X-Cache {xcache(variant)}")
+    record("replica_a2", f"{other_replica.short()}, X-Cache {xcache(other_replica)}")
+    if variant.status != 200 or xcache(variant) != "hit":
+        fail(expected=f"공백, 대소문자, 전각 문자만 다른 질문 {Q1_VARIANT!r} 도 X-Cache: hit "
+                      "(정규화: NFKC, casefold, 공백을 하나로, 앞뒤 공백 제거)",
+             measured=f"{variant.short()}, X-Cache {xcache(variant)}")
+    if other_replica.status != 200 or xcache(other_replica) != "hit" or n:
+        fail(expected="같은 설정의 다른 복제본(A2)도 같은 질문에 X-Cache: hit, 업스트림 호출 0번 "
+                      "(REDIS_URL 의 Redis 를 복제본이 함께 씀)",
+             measured=f"{other_replica.short()}, X-Cache {xcache(other_replica)}, 업스트림 호출 {n}번",
+             hint="lesson.ipynb §11 '응답 캐시와 요청 합치기' — REDIS_URL 이 있으면 캐시를 프로세스 메모리가 아니라 "
+                  "Redis 에 두세요 (SET 키 값 EX CACHE_TTL_SECONDS). 복제본마다 메모리에 두면 다른 복제본은 다시 묻습니다.")
+
+    # 5) 모델만 다른 서비스 B, 프롬프트 버전만 다른 서비스 C: 같은 Redis 라도 A 의 답을 쓰면 안 됨.
+    for svc, label, model, what in ((f.b, "B", CACHE_MODEL_B, f"LLM_MODEL={CACHE_MODEL_B}"),
+                                    (f.c, "C", CACHE_MODEL, f"PROMPT_VERSION={CACHE_PROMPT_C}")):
+        before = calls(simulator, model)
+        r = f.ask(svc, Q1, f"cache-{label}")
+        n = calls(simulator, model) - before
+        record(f"service_{label}", f"{r.short()}, X-Cache {xcache(r)}, {model} 호출 {n}번")
+        if r.status != 200 or xcache(r) != "miss" or n != 1:
+            field_name = "모델" if label == "B" else "프롬프트 버전"
+            fail(expected=f"{what} 인 서비스 {label} 는 같은 Redis 에서도 A 의 답을 쓰지 않음: X-Cache: miss, "
+                          f"{model} 호출 1번",
+                 measured=f"{r.short()}, X-Cache {xcache(r)}, {model} 호출 {n}번",
+                 hint=f"lesson.ipynb §11 '응답 캐시와 요청 합치기' — 캐시 키에 {field_name}이 빠졌습니다. 키는 "
+                      "sha256([LLM_MODEL, PROMPT_VERSION, 정규화한 질문]) 입니다: 모델이나 프롬프트를 바꾸면 예전 답을 "
+                      "쓰면 안 됩니다.")
+
+    # 6) Fallback 의 답은 캐시하지 않음: 주 모델이 다운이면 Fallback 이 답하고, 주 모델이 돌아오면 다시 주 모델에게 물음.
+    q_fb = "서비스 장애가 나면 어디서 확인하나요?"
+    simulator.configure(fault_models=[CACHE_MODEL], error_503_rate=1.0)
+    try:
+        fb = f.ask(f.a, q_fb, "cache-fallback")
+    finally:
+        simulator.configure(fault_models=None, error_503_rate=0.0)
+    before = calls(simulator, CACHE_MODEL)
+    after_fb = f.ask(f.a, q_fb, "cache-after-fallback")
+    n = calls(simulator, CACHE_MODEL) - before
+    record("fallback_then", [fb.short(), f"{after_fb.short()}, X-Cache {xcache(after_fb)}, {CACHE_MODEL} 호출 {n}번"])
+    if after_fb.status != 200 or xcache(after_fb) == "hit" or n < 1:
+        fail(expected="Fallback 모델의 답은 캐시하지 않음: 주 모델이 돌아온 뒤 같은 질문은 X-Cache: miss, 주 모델 호출",
+             measured=f"주 모델 다운 중 {fb.short()} (fallback={fb.body.get('fallback') if isinstance(fb.body, dict) else None}); "
+                      f"그 뒤 {after_fb.short()}, X-Cache {xcache(after_fb)}, {CACHE_MODEL} 호출 {n}번",
+             hint="lesson.ipynb §11 '응답 캐시와 요청 합치기' — 캐시에는 주 모델이 낸 정상 답만 넣으세요. Fallback 의 "
+                  "답(품질이 낮을 수 있음)을 넣으면 주 모델이 돌아와도 TTL 동안 그 답이 나갑니다.")
+
+    # 7) 오류는 캐시하지 않음: 모든 모델이 503 이면 오류, 장애가 끝나면 같은 질문은 miss + 업스트림, 그다음 hit.
+    q_err = "로그는 얼마 동안 보관되나요?"
+    simulator.configure(error_503_rate=1.0)
+    try:
+        err = f.ask(f.a, q_err, "cache-error")
+    finally:
+        simulator.configure(error_503_rate=0.0)
+    before = calls(simulator)
+    again = f.ask(f.a, q_err, "cache-after-error")
+    n = calls(simulator) - before
+    third = f.ask(f.a, q_err, "cache-after-error-hit")
+    record("error_then", [err.short(), f"{again.short()}, X-Cache {xcache(again)}, 호출 {n}번",
+                          f"{third.short()}, X-Cache {xcache(third)}"])
+    if err.status == 200:
+        fail(expected="모든 모델이 503 이면 오류 응답 (Fallback 도 실패)", measured=err.short())
+    if again.status != 200 or xcache(again) != "miss" or n < 1:
+        fail(expected="오류는 캐시하지 않음: 장애가 끝난 뒤 같은 질문은 200, X-Cache: miss, 업스트림 호출",
+             measured=f"장애 중 {err.short()}; 장애 뒤 {again.short()}, X-Cache {xcache(again)}, 업스트림 호출 {n}번",
+             hint="lesson.ipynb §11 '응답 캐시와 요청 합치기' — 오류(예외)는 캐시에 넣지 말고, 합치기(Coalescing)의 "
+                  "진행 중 작업은 끝나면(실패해도) 목록에서 빼세요. 남아 있으면 다음 요청이 끝난 실패를 다시 받습니다.")
+    if third.status != 200 or xcache(third) != "hit":
+        fail(expected="장애 뒤 정상 답은 캐시됨: 한 번 더 물으면 X-Cache: hit",
+             measured=f"{third.short()}, X-Cache {xcache(third)}")
+
+    # 8) 요청 합치기: 업스트림이 느릴 때(첫 토큰 0.5초) 같은 질문 100개가 동시에 -> 업스트림 호출 1번.
+    q_co = "API 키를 잃어버렸어요. 어떻게 하나요?"
+    simulator.configure(slow_first_token_seconds=COALESCE_DELAY)
+    try:
+        before = calls(simulator)
+        started = time.monotonic()
+        burst = osup.same_burst(f.a.base_url, SERVICE_KEY, q_co, COALESCE_N, timeout=DEADLINE + 5)
+        took = time.monotonic() - started
+        n = calls(simulator) - before
+    finally:
+        simulator.configure(slow_first_token_seconds=0.0)
+    seen = {}
+    for r in burst:
+        seen[f"{r.status} {xcache(r)}"] = seen.get(f"{r.status} {xcache(r)}", 0) + 1
+    texts = {answer_text(r) for r in burst if r.status == 200}
+    record("coalesce", seen)
+    record("coalesce_upstream_calls", n)
+    record("coalesce_seconds", round(took, 2))
+    if any(r.status != 200 for r in burst) or len(texts) != 1:
+        fail(expected=f"같은 질문 {COALESCE_N}개가 동시에: 모두 200, 모두 같은 답",
+             measured=f"응답 {seen}, 서로 다른 답 {len(texts)}개")
+    misses = sum(1 for r in burst if xcache(r) == "miss")
+    if n != 1 or misses != 1 or any(xcache(r) not in ("miss", "coalesced", "hit") for r in burst):
+        fail(expected=f"업스트림 첫 토큰이 {COALESCE_DELAY}초 걸릴 때 같은 질문 {COALESCE_N}개가 동시에 오면 업스트림 "
+                      "호출 1번 (X-Cache: miss 1개, 나머지는 coalesced)",
+             measured=f"업스트림 호출 {n}번, 응답 {seen}",
+             hint="lesson.ipynb §11 '응답 캐시와 요청 합치기' — 캐시에 아직 없는 질문이라도 같은 키의 업스트림 호출이 "
+                  "진행 중이면 새로 부르지 말고 그 asyncio.Task 를 asyncio.shield 로 함께 기다리세요 (X-Cache: coalesced).")
+    flag = [r for r in burst if xcache(r) != "miss" and r.body.get("cached") is not True]
+    if flag:
+        fail(expected="합쳐진(coalesced) 응답도 본문에 \"cached\": true",
+             measured=f"{len(flag)}개가 cached={flag[0].body.get('cached')!r}")
+
+    # 9) TTL: 처음 넣은 뒤 CACHE_TTL_SECONDS + 0.5초가 지나면 다시 miss, 업스트림 호출.
+    time.sleep(max(0.0, set_at + CACHE_TTL + 0.5 - time.monotonic()))
+    before = calls(simulator, CACHE_MODEL)
+    expired = f.ask(f.a, Q1, "cache-expired")
+    n = calls(simulator, CACHE_MODEL) - before
+    record("after_ttl", f"{expired.short()}, X-Cache {xcache(expired)}, 호출 {n}번")
+    if expired.status != 200 or xcache(expired) != "miss" or n != 1:
+        fail(expected=f"CACHE_TTL_SECONDS={CACHE_TTL:g} 가 지나면(+0.5초) 같은 질문은 다시 X-Cache: miss, 업스트림 호출 1번",
+             measured=f"{expired.short()}, X-Cache {xcache(expired)}, 업스트림 호출 {n}번",
+             hint="lesson.ipynb §11 '응답 캐시와 요청 합치기' — Redis 에는 SET 키 값 EX CACHE_TTL_SECONDS 로 넣으세요 "
+                  "(만료 없이 넣으면 모델이나 문서가 바뀌어도 옛 답이 영원히 나갑니다).")
+
+    # 10) 적중률을 볼 수 있는 메트릭: llm_cache_requests_total{result}.
+    text = f.client.get(f"{f.a.base_url}/metrics", timeout=5).text
+    by_result: dict[str, float] = {}
+    for labels, value in osup.metric_samples(text, "llm_cache_requests_total"):
+        by_result[labels.get("result", "")] = by_result.get(labels.get("result", ""), 0.0) + value
+    record("llm_cache_requests_total", by_result)
+    want_hits = sum(1 for r in hits + [variant, third] if xcache(r) == "hit")
+    if by_result.get("hit", 0) < want_hits or by_result.get("miss", 0) < 1:
+        fail(expected=f"/metrics 의 llm_cache_requests_total{{result=\"hit\"}} >= 서비스 A 의 적중 {want_hits}번, "
+                      "result=\"miss\" >= 1",
+             measured=f"{by_result or '시계열 없음'}",
+             hint="lesson.ipynb §11 '응답 캐시와 요청 합치기' — 요청마다 llm_cache_requests_total{result=hit|miss|"
+                  "coalesced|error} 를 1 올리세요: 적중률 = hit / 전체.")
+
+    # 11) Redis 가 꺼져도 캐시는 miss 로 fail open (5xx 없음).
+    f.redis.stop()
+    down = f.ask(f.a, "환불 정책이 어떻게 되나요?", "cache-redis-down")
+    record("redis_down", down.short())
+    if down.status != 200 or down.seconds > DEADLINE + SLACK:
+        fail(expected=f"캐시의 Redis 가 꺼져도 {DEADLINE}+{SLACK}초 안에 200 (캐시는 miss 로 fail open)",
+             measured=down.short())
+
+
+# =========================================================================== streaming (part 2)
+STREAM_Q = "하늘클라우드 요금제는 어떻게 되나요?"
+CHUNK_DELAY = 0.25                       # 시뮬레이터 slow_stream_chunk_seconds (조각 사이)
+TTFT_SHARE = 0.30
+
+
+@pytest.fixture(scope="module")
+def stream_service(step_dir, tmp_path_factory, simulator):
+    yield from single(step_dir, tmp_path_factory, simulator, "스트리밍 검사용", FALLBACK_MODEL="",
+                      CACHE_TTL_SECONDS="0")
+
+
+def streams_of(sim) -> dict[str, int]:
+    return dict(sim.stats().get("streams") or {})
+
+
+@check("step06.streaming")
+def test_streaming(stream_service, simulator):
+    s = stream_service
+
+    def stream(message: str, tag: str, **kw) -> osup.Stream:
+        return osup.stream_chat(s.client, s.svc.base_url, SERVICE_KEY, message, timeout=DEADLINE + 3,
+                                rid=rid(tag), **kw)
+
+    # 1) 싼 확인: text/event-stream 으로 delta 이벤트들, 끝은 done.
+    first = stream(STREAM_Q, "stream")
+    record("first", first.short())
+    if first.status != 200 or not first.content_type.startswith("text/event-stream"):
+        fail(expected="POST /chat/stream -> 200, Content-Type: text/event-stream", measured=first.short())
+    if not first.deltas or first.end != "done":
+        fail(expected="event: delta 가 하나 이상, 마지막은 event: done", measured=first.short())
+    bad = [e.data for e in first.deltas if not (isinstance(e.data, dict) and isinstance(e.data.get("text"), str))]
+    if bad:
+        fail(expected="delta 이벤트의 data 는 JSON {\"text\": \"<조각>\"}", measured=f"{str(bad[0])[:120]}")
+    done = first.named("done")[-1].data
+    usage = done.get("usage") if isinstance(done, dict) else None
+    problems = []
+    if not isinstance(done, dict) or not isinstance(done.get("response_id"), str) or not done.get("response_id"):
+        problems.append(f"response_id 없음 ({str(done)[:120]})")
+    if not isinstance(usage, dict) or not all(isinstance(usage.get(k), int) and usage[k] > 0
+                                             for k in ("input_tokens", "output_tokens", "total_tokens")):
+        problems.append(f"usage={usage!r}")
+    if isinstance(done, dict) and (done.get("model") != PRIMARY or done.get("prompt_version") in (None, "")):
+        problems.append(f"model={done.get('model')!r}, prompt_version={done.get('prompt_version')!r}")
+    if problems:
+        fail(expected="event: done 의 data 에 response_id, model, prompt_version, usage(input_tokens, output_tokens, "
+                      "total_tokens: 마지막 조각의 usage_metadata)", measured="; ".join(problems))
+
+    # 2) 조각을 이으면 /chat 의 답과 같음 (시뮬레이터는 질문마다 같은 답).
+    whole = osup.chat(s.client, s.svc.base_url, SERVICE_KEY, STREAM_Q, timeout=DEADLINE + 2, rid=rid("stream-chat"))
+    record("deltas", len(first.deltas))
+    if whole.status != 200 or (answer_text(whole) or "").strip() != first.text.strip():
+        fail(expected="delta 조각을 이은 글 == 같은 질문의 /chat 답",
+             measured=f"/chat {whole.short()}: {str(answer_text(whole))[:60]!r}…; 스트림: {first.text[:60]!r}… "
+                      f"(길이 {len(answer_text(whole) or '')} 대 {len(first.text)})")
+
+    # 3) 조각이 느리게 올 때: 첫 delta 가 done 까지 걸린 시간의 30 % 안에 (모아서 보내지 않음).
+    simulator.configure(slow_stream_chunk_seconds=CHUNK_DELAY)
+    try:
+        slow = stream(STREAM_Q, "stream-slow")
+    finally:
+        simulator.configure(slow_stream_chunk_seconds=0.0)
+    t_first = slow.first_delta_at()
+    t_done = slow.named("done")[-1].at if slow.named("done") else None
+    record("slow", slow.short())
+    record("ttft_s", None if t_first is None else round(t_first, 3))
+    record("done_s", None if t_done is None else round(t_done, 3))
+    if t_first is None or t_done is None:
+        fail(expected="조각 사이가 느려도 delta 들과 done", measured=slow.short())
+    if t_first >= TTFT_SHARE * t_done:
+        fail(expected=f"업스트림 조각이 {CHUNK_DELAY}초 간격으로 올 때 첫 delta 가 done 까지 시간의 "
+                      f"{TTFT_SHARE:.0%} 안에 (오는 대로 보냄)",
+             measured=f"첫 delta {t_first:.2f}초, done {t_done:.2f}초 ({t_first / t_done:.0%}), delta {len(slow.deltas)}개",
+             hint="lesson.ipynb §12 '스트리밍' — ainvoke 로 답을 다 받은 뒤 보내면 첫 글자가 전체 시간만큼 늦습니다. "
+                  "llm.astream(...) 의 조각마다 바로 ServerSentEvent(event=\"delta\") 를 yield 하세요.")
+
+    # 4) 업스트림 스트림이 중간에 끊김: event: error 로 끝남 (done 도 아니고, 말없이 끝나지도 않음).
+    simulator.configure(stream_cut_rate=1.0)
+    try:
+        cut = stream(STREAM_Q, "stream-cut")
+    finally:
+        simulator.configure(stream_cut_rate=0.0)
+    record("cut", cut.short())
+    err = cut.named("error")
+    ok_shape = bool(err) and osup.documented_error(err[-1].data)
+    if cut.status != 200 or cut.end != "error" or cut.named("done") or not ok_shape:
+        fail(expected="업스트림 스트림이 답 중간에 끊기면 마지막 이벤트는 event: error, data {\"error\": {\"code\", "
+                      "\"message\"}} (예: upstream_malformed), done 없음",
+             measured=cut.short() + (f", error data {str(err[-1].data)[:120]}" if err and not ok_shape else ""),
+             hint="lesson.ipynb §12 '스트리밍' — 제너레이터 안에서 astream 의 예외를 잡아 "
+                  "ServerSentEvent(event=\"error\", data={\"error\": {...}}) 를 보내고 끝내세요. 말없이 끝나면 "
+                  "클라이언트는 답이 잘린 줄 모릅니다.")
+
+    # 5) 클라이언트가 첫 delta 뒤에 떠나면 업스트림 스트림도 닫힘 (시뮬레이터의 streams.abandoned).
+    simulator.configure(slow_stream_chunk_seconds=CHUNK_DELAY)
+    try:
+        before = streams_of(simulator)
+        if "abandoned" not in before:
+            pytest.fail("시뮬레이터의 /_sim/stats 에 streams 집계가 없습니다 (채점기 키트 문제)")
+        with httpx.Client() as own:
+            left = osup.stream_chat(own, s.svc.base_url, SERVICE_KEY, STREAM_Q, timeout=DEADLINE + 3,
+                                    rid=rid("stream-leave"), leave_after_first_delta=True)
+        left_at = time.monotonic()
+        harness.wait_until(lambda: streams_of(simulator).get("abandoned", 0) > before.get("abandoned", 0), 2.0)
+        waited = time.monotonic() - left_at
+        now = streams_of(simulator)
+    finally:
+        simulator.configure(slow_stream_chunk_seconds=0.0)
+    abandoned = now.get("abandoned", 0) - before.get("abandoned", 0)
+    completed = now.get("completed", 0) - before.get("completed", 0)
+    record("leave", {"stream": left.short(), "abandoned": abandoned, "completed": completed,
+                     "seconds": round(waited, 2)})
+    if not left.left:
+        fail(expected="느린 스트림에서 첫 delta 를 받음", measured=left.short())
+    if abandoned != 1 or completed != 0:
+        fail(expected="클라이언트가 첫 delta 뒤에 연결을 끊으면 2초 안에 업스트림 스트림도 닫힘 (시뮬레이터 "
+                      "streams.abandoned +1, completed +0)",
+             measured=f"2초 동안 abandoned +{abandoned}, completed +{completed}",
+             hint="lesson.ipynb §12 '스트리밍' — 클라이언트가 떠나면 FastAPI 가 제너레이터를 취소합니다. "
+                  "astream 을 그 제너레이터 안에서 직접 읽고(백그라운드 작업에 넘기지 말고) 취소를 삼키지 마세요.")
