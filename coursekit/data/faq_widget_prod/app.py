@@ -1,6 +1,7 @@
 """faq-widget (step 06 판): 한 서비스에 스위치를 달아 각 기법의 '전'과 '후'를 같은 부하로 잽니다.
 
-POST /ask {"q"} -> {"reply", "model", "fallback"}   (X-API-Key 필요)
+POST /ask {"q"} -> {"reply", "model", "fallback"}   (X-API-Key 필요; 캐시를 켜면 X-Cache: hit|miss|coalesced)
+POST /ask/stream {"q"} -> text/event-stream: event: delta {"text"} ... 그리고 event: done {"model"} 또는 event: error {"code"}
 GET  /healthz (살아 있나), GET /ready (트래픽을 받아도 되나), GET /metrics
 
 설정 (환경 변수, 레슨이 절마다 하나씩 바꿉니다):
@@ -14,19 +15,24 @@ GET  /healthz (살아 있나), GET /ready (트래픽을 받아도 되나), GET /
   WIDGET_REDIS_URL    redis://... 이면 한도를 Redis 에 (복제본이 공유), 없으면 프로세스 메모리
   WIDGET_MAX_IN_FLIGHT 동시에 처리할 /ask 수 (0 이면 무제한: 줄을 서서 기다림)
   WIDGET_API_KEYS     받아 주는 클라이언트 키들 (쉼표로 구분)
+  WIDGET_CACHE_TTL    응답 캐시의 수명 (초, 0 이면 캐시도 요청 합치기도 끔). 프로세스 메모리 (복제본마다 따로)
 """
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import time
+import unicodedata
 from contextlib import asynccontextmanager
 
 import httpx2
 import pybreaker
+from cachetools import TTLCache
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from langchain_core.exceptions import ModelError, ModelInvalidRequestError
 from langchain_google_genai import ChatGoogleGenerativeAI
 from limits import parse
@@ -54,6 +60,7 @@ REDIS_URL = os.environ.get("WIDGET_REDIS_URL", "")
 MAX_IN_FLIGHT = int(os.environ.get("WIDGET_MAX_IN_FLIGHT", "0"))
 KEYS = {k.strip() for k in os.environ.get("WIDGET_API_KEYS", "lab-service-key").split(",") if k.strip()}
 REPLICA = os.environ.get("WIDGET_REPLICA", "1")
+CACHE_TTL = float(os.environ.get("WIDGET_CACHE_TTL", "0"))
 SYSTEM = "당신은 웹사이트 도움말 위젯입니다. 지식 베이스에 있는 내용만 짧게 답하세요."
 
 log = logging.getLogger("faq-widget")
@@ -148,6 +155,39 @@ async def ask_llm(q: str) -> tuple[str, str, str | None]:
     return text, FALLBACK, reason
 
 
+# ------------------------------------------------------------------ response cache + coalescing
+cache: TTLCache | None = TTLCache(maxsize=10_000, ttl=CACHE_TTL) if CACHE_TTL > 0 else None
+pending: dict[str, asyncio.Task] = {}  # 지금 위로 묻는 중인 질문: 같은 질문은 이 작업 하나를 함께 기다림
+
+
+def cache_key(q: str) -> str:
+    """모델 + 정규화한 질문 (NFKC, casefold, 공백 하나로). 프롬프트나 모델이 바뀌면 다른 키."""
+    norm = " ".join(unicodedata.normalize("NFKC", q).casefold().split())
+    return hashlib.sha256(json.dumps([MODEL, SYSTEM, norm], ensure_ascii=False).encode()).hexdigest()
+
+
+async def cached_ask(q: str) -> tuple[str, str, str | None, str]:
+    """(답, 모델, fallback 이유, "hit" | "miss" | "coalesced"). 오류와 Fallback 의 답은 캐시하지 않습니다."""
+    key = cache_key(q)
+    if (hit := cache.get(key)) is not None:
+        return (*hit, None, "hit")
+    task = pending.get(key)
+    if task is not None:  # 같은 질문이 이미 위로 가 있음: 그 답을 함께 받음 (위로 가는 호출 0 번)
+        text, model, reason = await asyncio.shield(task)
+        return text, model, reason, "coalesced"
+    task = pending[key] = asyncio.create_task(lead(key, q))
+    task.add_done_callback(lambda _: pending.pop(key, None))
+    text, model, reason = await asyncio.shield(task)  # 이 요청이 끊겨도 기다리는 다른 요청을 위해 계속
+    return text, model, reason, "miss"
+
+
+async def lead(key: str, q: str) -> tuple[str, str, str | None]:
+    text, model, reason = await ask_llm(q)
+    if reason is None:  # 주 모델의 답만 캐시
+        cache[key] = (text, model)
+    return text, model, reason
+
+
 # ------------------------------------------------------------------ rate limit
 storage = storage_from_string(("async+" + REDIS_URL) if REDIS_URL else "async+memory://",
                               **({"implementation": "redispy", "socket_timeout": 0.2, "socket_connect_timeout": 0.2}
@@ -212,7 +252,10 @@ async def ask(body: Ask, request: Request, key: str = Depends(require_key)):
         return JSONResponse({"code": "overloaded"}, 503, headers={"Retry-After": "1"})
     state["in_flight"] += 1
     try:
-        text, model, reason = await ask_llm(body.q)
+        if cache is None:
+            (text, model, reason), cached = await ask_llm(body.q), None
+        else:
+            text, model, reason, cached = await cached_ask(body.q)
     except Exception as exc:
         if RETRY == "sdk":  # 전: 예외를 그대로 (FastAPI 가 500 과 평문 오류로 답함)
             raise
@@ -220,7 +263,39 @@ async def ask(body: Ask, request: Request, key: str = Depends(require_key)):
     finally:
         state["in_flight"] -= 1
     out = {"reply": text, "model": model, "fallback": reason is not None, "replica": REPLICA}
-    return JSONResponse(out, headers={**headers, **({"X-Fallback": model} if reason else {})})
+    extra = {**({"X-Fallback": model} if reason else {}), **({"X-Cache": cached} if cached else {})}
+    return JSONResponse(out, headers={**headers, **extra})
+
+
+async def limited(request: Request, key: str = Depends(require_key)) -> None:
+    """/ask/stream 의 인증과 한도: 스트림이 시작되기 전에 401/429 JSON 으로 끝납니다."""
+    await rate_limit(request, key)
+
+
+@app.post("/ask/stream", response_class=EventSourceResponse, dependencies=[Depends(limited)])
+async def ask_stream(body: Ask):
+    """위의 조각이 오는 대로 바로 내보냅니다 (모아 두지 않음). 재시도·Fallback·캐시 없음: 이미 보낸 글을
+    되풀이하게 되니까요. 클라이언트가 떠나면 FastAPI 가 이 생성기를 취소하고, 위 스트림도 닫힙니다."""
+    upstream = LLMS[MODEL].astream([("system", SYSTEM), ("human", body.q)])
+    sent, reason = False, ""
+    try:
+        async with asyncio.timeout(DEADLINE):  # 첫 조각까지의 예산
+            chunk = await anext(upstream)
+        while True:
+            reason = str(chunk.response_metadata.get("finish_reason", "")) or reason
+            if chunk.text:
+                sent = True
+                yield ServerSentEvent(event="delta", data={"text": chunk.text})
+            chunk = await anext(upstream, None)
+            if chunk is None:
+                break
+        if not sent:
+            raise Blocked(reason) if "SAFETY" in reason or "BLOCK" in reason else Empty(reason or "no text")
+        yield ServerSentEvent(event="done", data={"model": MODEL})
+    except Exception as exc:  # 스트림이 이미 시작됨: 상태 코드 대신 error 이벤트 하나로 끝냄 (조용히 끝나지 않게)
+        yield ServerSentEvent(event="error", data={"code": stream_error_code(exc)})
+    finally:
+        await upstream.aclose()
 
 
 FAILURES = (  # (예외, 상태, 코드): 위에서부터 처음 맞는 것. 어느 것도 500 이 아님
@@ -228,6 +303,14 @@ FAILURES = (  # (예외, 상태, 코드): 위에서부터 처음 맞는 것. 어
     (ModelInvalidRequestError, 502, "upstream_bad_request"),
     ((Empty, ValueError), 502, "upstream_malformed"),
 )
+
+
+def stream_error_code(exc: Exception) -> str:
+    if isinstance(exc, TimeoutError):
+        return "upstream_timeout"
+    if isinstance(exc, httpx2.RemoteProtocolError):  # 위 스트림이 중간에 끊김
+        return "upstream_malformed"
+    return json.loads(failure_response(exc).body)["code"]
 
 
 def failure_response(exc: Exception) -> JSONResponse:
