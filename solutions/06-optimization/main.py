@@ -56,6 +56,19 @@ import resilience
 # STARTER
 # # TODO 1 (lesson §2 '데드라인 있는 재시도'): 06단계의 모듈을 가져오세요: pybreaker (§3), limits (§5), resilience.py (§5, §7).
 # END SOLUTION
+# BEGIN SOLUTION
+import contextlib
+from collections.abc import AsyncIterable
+
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from langchain_core.messages import AIMessage
+from opentelemetry import trace
+
+import caching
+# STARTER
+# # TODO 13 (lesson §11 '응답 캐시와 요청 합치기'): caching.py (§11) 와 FastAPI 의 SSE (fastapi.sse 의
+# # EventSourceResponse, ServerSentEvent: §12 '스트리밍') 를 가져오세요.
+# END SOLUTION
 
 logger = logging.getLogger("llm-chat")
 
@@ -115,6 +128,14 @@ class Settings(BaseSettings):
     # # request_deadline_seconds (2.5), fallback_model ("gemini-3.5-flash-lite"), fallback_reserve_seconds (0.8),
     # # circuit_fail_max (5), circuit_reset_seconds (10), rate_limit ("60/minute"), redis_url (None),
     # # service_api_keys (SecretStr | None), max_in_flight (32).
+    # END SOLUTION
+    # BEGIN SOLUTION
+    # 06단계 2부 (lesson §11): 응답 캐시의 수명(초). 0 이면 캐시도 요청 합치기도 끔. REDIS_URL 이 있으면 Redis 에 (복제본이
+    # 함께 씀), 없으면 이 프로세스의 메모리에 최대 cache_max_entries 개.
+    cache_ttl_seconds: float = Field(default=300, ge=0)
+    cache_max_entries: int = Field(default=10000, ge=1)
+    # STARTER
+    # # TODO 13 (lesson §11 '응답 캐시와 요청 합치기'): 설정 cache_ttl_seconds (300, 0 이면 끔)와 cache_max_entries (10000).
     # END SOLUTION
 
     @field_validator("google_api_key", "service_api_key")
@@ -208,6 +229,11 @@ class ChatResponse(BaseModel):
     fallback: bool = Field(default=False, description="Fallback 모델(FALLBACK_MODEL)이 답했으면 true (model 이 그 모델)")
     # STARTER
     # # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): Fallback 이 답한 응답을 표시할 필드 fallback: bool (기본 False).
+    # END SOLUTION
+    # BEGIN SOLUTION
+    cached: bool = Field(default=False, description="캐시의 답(X-Cache: hit)이나 같은 질문과 합친 답(coalesced)이면 true")
+    # STARTER
+    # # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 캐시에서 온 답을 표시할 필드 cached: bool (기본 False).
     # END SOLUTION
 
 
@@ -562,6 +588,56 @@ def capture_failure(exc: BaseException) -> None:
 # # 주 모델의 시도를 감싸고, 주 모델이 실패하거나(재시도 뒤) 시간이 넘거나 회로가 열려 있으면 FALLBACK_MODEL 을 남은
 # # 시간으로 부르는 answer_with_fallback(llm, messages) -> (답, 답한 모델) 을 만드세요. 메트릭 llm_fallbacks_total.
 # END SOLUTION
+# BEGIN SOLUTION
+
+
+def cacheable(reply, answered_by: str) -> bool:
+    """캐시에 둘 답: 주 모델의 답(Fallback 의 답은 아님), 비지 않았고, 거절이 아닌 답. 오류는 여기까지 오지 않습니다."""
+    return answered_by == settings.llm_model and bool(reply.text.strip()) and not quality.is_refusal(reply.text)
+
+
+async def answer_cached(llm, message: str):
+    """응답 캐시와 요청 합치기 (lesson §11). 돌려주는 값: (답, 답한 모델, 캐시 결과 "hit" | "miss" | "coalesced").
+    캐시가 꺼져 있으면(CACHE_TTL_SECONDS=0) 06단계 1부 그대로 answer_with_fallback 이고 캐시 결과는 None.
+
+    hit: 업스트림 호출도, 토큰과 비용 기록도 없음. miss: 이 요청이 업스트림에 묻고(합치기의 leader), 답이 cacheable 이면
+    캐시에 둠. coalesced: 같은 질문이 진행 중이라 그 답을 함께 받음 (실패도 함께 받고, 캐시에는 아무것도 두지 않음)."""
+    messages = [SystemMessage(SYSTEM_PROMPT), HumanMessage(message)]
+    cache, coalescer = app.state.cache, app.state.coalescer
+    if not cache.enabled:
+        reply, answered_by = await answer_with_fallback(llm, messages)
+        return reply, answered_by, None
+    key = caching.cache_key(settings.llm_model, settings.prompt_version, message)
+    hit = await cache.get(key)
+    if hit is not None:
+        telemetry.record_cache("hit")
+        observability.note(cache="hit", model=hit["model"], prompt_version=settings.prompt_version, attempts=0)
+        return AIMessage(content=hit["response"], usage_metadata=hit["usage"]), hit["model"], "hit"
+
+    async def ask_upstream():
+        reply, answered_by = await answer_with_fallback(llm, messages)
+        if cacheable(reply, answered_by):
+            usage = reply.usage_metadata or {}
+            await cache.set(key, {"response": reply.text, "model": answered_by,
+                                  "prompt_version": settings.prompt_version,
+                                  "usage": {k: int(usage.get(k, 0)) for k in ("input_tokens", "output_tokens",
+                                                                               "total_tokens")}})
+        return reply, answered_by
+
+    state = "coalesced" if key in coalescer.in_flight else "miss"
+    telemetry.record_cache(state)
+    observability.note(cache=state)
+    if state == "coalesced":
+        observability.note(model=settings.llm_model, prompt_version=settings.prompt_version, attempts=0)
+    (reply, answered_by), _ = await coalescer.run(key, ask_upstream)
+    return reply, answered_by, state
+# STARTER
+# # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): answer_cached(llm, message) -> (답, 답한 모델, "hit"|"miss"|"coalesced")
+# # 를 만드세요. 키 = caching.cache_key(LLM_MODEL, PROMPT_VERSION, 질문). 캐시에 있으면 업스트림 없이 (hit), 없으면
+# # caching.Coalescer 로 같은 질문을 한 호출로 합쳐 answer_with_fallback 을 부르고 (miss, 함께 기다린 요청은 coalesced),
+# # 주 모델의 비지 않은, 거절이 아닌 답만 캐시에 두세요 (오류, Fallback 의 답, 거절, 빈 답은 절대 두지 않음).
+# # 메트릭 telemetry.record_cache(결과), 로그 줄의 cache. CACHE_TTL_SECONDS=0 이면 answer_with_fallback 그대로 (결과 None).
+# END SOLUTION
 
 
 async def judge_answer(question: str, answer: str, answer_model: str) -> None:
@@ -636,6 +712,13 @@ async def lifespan(app: FastAPI):
     # # TODO 8 (lesson §6, §8): 시작할 때 Fallback 클라이언트, resilience.RateLimiter, resilience.SharedResponses,
     # # 동시 처리 수(in_flight)와 준비 상태(ready)를 만드세요.
     # END SOLUTION
+    # BEGIN SOLUTION
+    app.state.cache = caching.ResponseCache(settings.cache_ttl_seconds, settings.cache_max_entries, settings.redis_url)
+    app.state.coalescer = caching.Coalescer()
+    # STARTER
+    # # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 시작할 때 caching.ResponseCache(CACHE_TTL_SECONDS, CACHE_MAX_ENTRIES,
+    # # REDIS_URL) 와 caching.Coalescer() 를 만드세요.
+    # END SOLUTION
     yield
     # BEGIN SOLUTION
     app.state.ready = False  # 새 요청은 받지 않을 복제본: /ready 가 503 (uvicorn 은 진행 중인 요청을 이미 끝냈음)
@@ -653,6 +736,11 @@ async def lifespan(app: FastAPI):
     await app.state.shared_responses.aclose()
     # STARTER
     # # TODO 10 (lesson §8): Fallback 클라이언트와 한도 저장소(Redis 연결)도 닫으세요.
+    # END SOLUTION
+    # BEGIN SOLUTION
+    await app.state.cache.aclose()
+    # STARTER
+    # # TODO 17 (lesson §11): 캐시의 Redis 연결도 닫으세요.
     # END SOLUTION
     TRACER_PROVIDER.force_flush()  # 모아 둔 스팬을 지금 내보냄 (BatchSpanProcessor). 프로세스가 끝날 때 SDK 가 shutdown
     import sentry_sdk
@@ -857,9 +945,10 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     try:
         # 시스템 지시(프롬프트 버전의 내용)와 사용자 질문을 역할을 나눠 보냅니다.
         # BEGIN SOLUTION
-        reply, answered_by = await answer_with_fallback(llm, [SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)])
+        reply, answered_by, cache_state = await answer_cached(llm, req.message)
         # STARTER
         # # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): answer_with_fallback 으로 (답, 답한 모델)을 받으세요.
+        # # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): answer_cached 로 (답, 답한 모델, 캐시 결과)를 받으세요.
         # reply = await invoke_llm(llm, [SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)], settings.llm_model)
         # END SOLUTION
     except ModelRateLimitError as exc:  # 429 -> GoogleRateLimitError
@@ -905,9 +994,22 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     # # TODO 4 (lesson §3): Fallback 이 답했으면 표시하세요: 헤더 X-Fallback: <모델>, 로그 줄의 fallback.
     # response_id = app.state.responses.issue()
     # END SOLUTION
+    # BEGIN SOLUTION
+    if cache_state is not None:  # 캐시가 켜져 있을 때만 (CACHE_TTL_SECONDS=0 이면 헤더 없음)
+        response.headers["X-Cache"] = cache_state
+    # STARTER
+    # # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 응답 헤더 X-Cache: hit | miss | coalesced.
+    # END SOLUTION
     telemetry.record_answer(settings.llm_model, refused=quality.is_refusal(reply.text))
-    if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
+    # BEGIN SOLUTION
+    # 판정은 업스트림이 새로 낸 답만 (캐시의 답은 이미 판정 기회가 있었음: 같은 답을 다시 채점하면 비용만 듦)
+    if cache_state in (None, "miss") and random.random() < settings.judge_sample_rate:
         schedule_judge(req.message, reply.text)
+    # STARTER
+    # # TODO 17 (lesson §11): 캐시의 답(hit, coalesced)은 판정하지 마세요.
+    # if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
+    #     schedule_judge(req.message, reply.text)
+    # END SOLUTION
     # 질문과 답은 로그에 쓰지 않고, 설정이 있을 때만 암호화해 저장합니다 (lesson §4).
     prompt_store.append(settings.log_dir, PROMPT_FERNET, structlog.contextvars.get_contextvars().get("request_id", ""),
                         req.message, reply.text)
@@ -916,6 +1018,7 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
         # BEGIN SOLUTION
         model=answered_by,
         fallback=fallback,
+        cached=cache_state in ("hit", "coalesced"),
         # STARTER
         # # TODO 4 (lesson §3): model 은 실제로 답한 모델, fallback 은 Fallback 이 답했는지.
         # model=settings.llm_model,
@@ -961,3 +1064,114 @@ async def feedback(req: FeedbackRequest) -> FeedbackResponse:
         raise ApiError(409, "feedback_exists", "이 답에는 이미 피드백이 있습니다.")
     telemetry.record_feedback(req.rating, req.score)  # comment 는 메트릭에 넣지 않습니다
     return FeedbackResponse(response_id=req.response_id, rating=req.rating, recorded=True)
+# BEGIN SOLUTION
+
+
+def stream_error_code(exc: BaseException, got_chunks: bool) -> str:
+    """스트림이 시작된 뒤의 실패 = event: error 의 code (/chat 의 코드와 같음). 조각을 받은 뒤 끊긴 업스트림 스트림
+    (httpx2.RemoteProtocolError 등 연결 오류)은 upstream_malformed, 첫 조각 전의 연결 실패는 upstream_unavailable."""
+    if isinstance(exc, TimeoutError):  # 첫 조각의 데드라인 (asyncio.timeout)
+        return "upstream_timeout"
+    if isinstance(exc, (httpx2.TransportError, httpx.TransportError)) and not isinstance(exc, UPSTREAM_TIMEOUTS):
+        cut = got_chunks or isinstance(exc, (httpx2.RemoteProtocolError, httpx.RemoteProtocolError))
+        return "upstream_malformed" if cut else "upstream_unavailable"
+    code = error_type(exc)
+    return "upstream_error" if code == "internal_error" else code
+
+
+STREAM_ERROR_MESSAGES = {
+    "upstream_rate_limited": "LLM 호출 한도를 넘었습니다. 잠시 후 다시 시도하세요.",
+    "upstream_timeout": "LLM 이 데드라인 안에 첫 조각을 보내지 않았습니다.",
+    "content_blocked": "안전 필터가 이 질문의 답을 막았습니다. 질문을 바꿔 보세요.",
+    "upstream_malformed": "LLM 의 스트림이 중간에 끊겼거나 읽을 수 없는 답이었습니다. 다시 시도하세요.",
+    "upstream_unavailable": "LLM 을 잠시 쓸 수 없습니다. 잠시 후 다시 시도하세요.",
+    "upstream_bad_request": "LLM 이 요청을 거절했습니다 (서비스 설정 문제).",
+}
+
+
+@app.post(
+    "/chat/stream",
+    response_class=EventSourceResponse,
+    summary="LLM 에게 질문하고 답을 조각마다 받기 (Server-Sent Events)",
+    dependencies=[Depends(require_api_key), Depends(rate_limit), Depends(in_flight_slot)],
+    responses={
+        200: {"description": "text/event-stream: event delta {\"text\"} 여러 개, 끝에 done (response_id, model, "
+                             "prompt_version, usage) 또는 error ({\"error\": {\"code\", \"message\"}}) 하나"},
+        401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
+        413: {"model": ErrorResponse, "description": "요청 본문이 64 KiB 초과"},
+        422: {"model": ErrorResponse, "description": "요청 검증 실패"},
+        429: {"model": ErrorResponse, "description": "API 키별 한도 초과 (rate_limited)"},
+        503: {"model": ErrorResponse, "description": "동시 처리 한도 초과 (overloaded)"},
+    },
+)
+async def chat_stream(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]
+                      ) -> AsyncIterable[ServerSentEvent]:
+    """스트리밍 (lesson §12): 업스트림의 조각을 오는 대로 `event: delta` 로 (모아 두지 않음), 끝에 `event: done`.
+    주 모델에 한 번만 묻습니다: 재시도, Fallback, 캐시 없음 (조각을 보낸 뒤 다시 시도하면 글이 두 번 나감).
+    첫 조각은 REQUEST_DEADLINE_SECONDS 안에 와야 합니다. 실패하면 `event: error` 하나를 보내고 끝 (조용히 끝나지 않음).
+    클라이언트가 떠나면 이 생성기가 취소되고, aclosing 이 업스트림 스트림(astream -> HTTP 연결)을 닫습니다."""
+    telemetry.set_drift(app.state.drift.observe(req.message))
+    model = settings.llm_model
+    observability.note(model=model, prompt_version=settings.prompt_version, stream=True, attempts=1)
+    started = time.perf_counter()
+    span = tracer.start_span(f"{telemetry.OPERATION} {model}", kind=SpanKind.CLIENT,
+                             attributes={"gen_ai.operation.name": telemetry.OPERATION,
+                                         "gen_ai.provider.name": telemetry.PROVIDER, "gen_ai.request.model": model})
+    message = None  # 지금까지 받은 조각의 합 (AIMessageChunk: 글과 usage_metadata 를 합침)
+    ttft = None
+    try:
+        async with contextlib.aclosing(llm.astream([SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)])) as upstream:
+            chunks = aiter(upstream)
+            # 첫 조각까지만 데드라인 (yield 를 감싸지 않음). 이 스팬이 현재 스팬인 동안 나가는 HTTP 요청에 traceparent.
+            with trace.use_span(span, end_on_exit=False):
+                async with asyncio.timeout(settings.request_deadline_seconds):
+                    chunk = await anext(chunks, None)
+            while chunk is not None:
+                message = chunk if message is None else message + chunk
+                if chunk.text:
+                    if ttft is None:  # 첫 글 조각: 사용자가 기다린 시간 (time to first token)
+                        ttft = time.perf_counter() - started
+                        telemetry.record_ttft(model, ttft)
+                        observability.note(ttft_ms=round(ttft * 1000, 1))
+                    yield ServerSentEvent(event="delta", data={"text": chunk.text})
+                chunk = await anext(chunks, None)
+        if message is None:
+            raise UpstreamMalformed("empty stream")
+        check_reply(message)  # SAFETY 로 막힌 답, 글이 없는 답
+    except (Exception, asyncio.CancelledError) as exc:
+        code = stream_error_code(exc, got_chunks=message is not None)
+        span.set_attribute("error.type", code)
+        span.set_status(StatusCode.ERROR, type(exc).__name__)
+        telemetry.record_operation(model, time.perf_counter() - started, error_type=code)
+        if isinstance(exc, asyncio.CancelledError):  # 클라이언트가 떠남: 보낼 곳이 없음
+            observability.note(error_code="client_disconnected")
+            raise
+        observability.note(error_code=code)
+        capture_failure(exc)
+        yield ServerSentEvent(event="error", data={"error": {"code": code, "message": STREAM_ERROR_MESSAGES.get(
+            code, "LLM 서버에서 오류가 발생했습니다. 잠시 후 다시 시도하세요.")}})
+        return
+    finally:
+        span.end()
+    telemetry.record_operation(model, time.perf_counter() - started)
+    telemetry.record_usage(model, message.usage_metadata)
+    usage = message.usage_metadata or {}
+    tokens = {k: int(usage.get(k, 0)) for k in ("input_tokens", "output_tokens", "total_tokens")}
+    span.set_attributes({"gen_ai.usage.input_tokens": tokens["input_tokens"],
+                         "gen_ai.usage.output_tokens": tokens["output_tokens"]})
+    observability.note(input_tokens=tokens["input_tokens"], output_tokens=tokens["output_tokens"],
+                       cost_usd=telemetry.call_cost(model, tokens["input_tokens"], tokens["output_tokens"]))
+    telemetry.record_answer(model, refused=quality.is_refusal(message.text))
+    response_id = await app.state.shared_responses.issue()
+    prompt_store.append(settings.log_dir, PROMPT_FERNET, structlog.contextvars.get_contextvars().get("request_id", ""),
+                        req.message, message.text)
+    yield ServerSentEvent(event="done", data={"response_id": response_id, "model": model,
+                                              "prompt_version": settings.prompt_version, "usage": tokens})
+# STARTER
+# # TODO 18 (lesson §12 '스트리밍'): POST /chat/stream 을 만드세요: /chat 과 같은 의존성(키, 한도, 동시 처리 한도)과
+# # 본문, response_class=EventSourceResponse, ServerSentEvent 를 yield 하는 생성기. llm.astream 의 조각을 오는 대로
+# # event: delta {"text": ...} 로 (모아 두지 말 것), 끝에 event: done {response_id, model, prompt_version, usage}.
+# # 첫 조각은 REQUEST_DEADLINE_SECONDS 안에. 실패하면(끊긴 스트림 포함) event: error {"error": {code, message}} 하나.
+# # 클라이언트가 떠나면 업스트림 스트림을 닫으세요 (contextlib.aclosing). 메트릭 llm_time_to_first_token_seconds,
+# # 토큰과 비용, 로그 줄의 ttft_ms.
+# END SOLUTION

@@ -182,6 +182,32 @@ def record_shed() -> None:
 # # record_fallback(primary_model, reason) 을 만드세요. §5, §6 의 카운터(llm.ratelimit.errors, llm.ratelimit.rejections,
 # # llm.requests.shed)도 여기에.
 # END SOLUTION
+# BEGIN SOLUTION
+
+
+# 06단계 2부: 캐시 (lesson §11) 와 스트리밍 (lesson §12). Prometheus 이름은 llm_cache_requests_total{result} 와
+# llm_time_to_first_token_seconds{gen_ai_request_model} (LLM 지연 시간과 같은 버킷).
+cache_requests = meter.create_counter(
+    "llm.cache.requests", description="/chat 의 응답 캐시 (result: hit, miss, coalesced, error = 저장소 오류)")
+time_to_first_token = meter.create_histogram(
+    "llm.time_to_first_token", unit="s", description="/chat/stream 이 첫 조각을 보내기까지의 시간",
+    explicit_bucket_boundaries_advisory=LLM_BUCKETS)
+
+
+def record_cache(result: str) -> None:
+    """result = hit | miss | coalesced | error (값의 종류가 정해진 라벨 하나)."""
+    cache_requests.add(1, {"result": result})
+
+
+def record_ttft(model: str, seconds: float) -> None:
+    time_to_first_token.record(seconds, {"gen_ai.request.model": model})
+
+
+# STARTER
+# # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 카운터 llm.cache.requests (라벨 result: hit, miss, coalesced, error)와
+# # record_cache(result). TODO 18 (lesson §12 '스트리밍'): 히스토그램 llm.time_to_first_token (단위 s, LLM_BUCKETS,
+# # 라벨 gen_ai.request.model)과 record_ttft(model, seconds).
+# END SOLUTION
 
 
 def metrics_body() -> tuple[bytes, str]:

@@ -44,6 +44,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 import observability
 import prompt_store
 # TODO 1 (lesson §2 '데드라인 있는 재시도'): 06단계의 모듈을 가져오세요: pybreaker (§3), limits (§5), resilience.py (§5, §7).
+# TODO 13 (lesson §11 '응답 캐시와 요청 합치기'): caching.py (§11) 와 FastAPI 의 SSE (fastapi.sse 의
+# EventSourceResponse, ServerSentEvent: §12 '스트리밍') 를 가져오세요.
 
 logger = logging.getLogger("llm-chat")
 
@@ -79,6 +81,7 @@ class Settings(BaseSettings):
     # request_deadline_seconds (2.5), fallback_model ("gemini-3.5-flash-lite"), fallback_reserve_seconds (0.8),
     # circuit_fail_max (5), circuit_reset_seconds (10), rate_limit ("60/minute"), redis_url (None),
     # service_api_keys (SecretStr | None), max_in_flight (32).
+    # TODO 13 (lesson §11 '응답 캐시와 요청 합치기'): 설정 cache_ttl_seconds (300, 0 이면 끔)와 cache_max_entries (10000).
 
     @field_validator("google_api_key", "service_api_key")
     @classmethod
@@ -162,6 +165,7 @@ class ChatResponse(BaseModel):
     usage: Usage
     response_id: str = Field(description="이 답의 id (32자리 16진수): POST /feedback 에 그대로 보냅니다")
     # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): Fallback 이 답한 응답을 표시할 필드 fallback: bool (기본 False).
+    # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 캐시에서 온 답을 표시할 필드 cached: bool (기본 False).
 
 
 class ErrorDetail(BaseModel):
@@ -325,6 +329,11 @@ async def invoke_llm(llm, messages: list, model: str):
 # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): pybreaker.CircuitBreaker(CIRCUIT_FAIL_MAX, CIRCUIT_RESET_SECONDS)로
 # 주 모델의 시도를 감싸고, 주 모델이 실패하거나(재시도 뒤) 시간이 넘거나 회로가 열려 있으면 FALLBACK_MODEL 을 남은
 # 시간으로 부르는 answer_with_fallback(llm, messages) -> (답, 답한 모델) 을 만드세요. 메트릭 llm_fallbacks_total.
+# TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): answer_cached(llm, message) -> (답, 답한 모델, "hit"|"miss"|"coalesced")
+# 를 만드세요. 키 = caching.cache_key(LLM_MODEL, PROMPT_VERSION, 질문). 캐시에 있으면 업스트림 없이 (hit), 없으면
+# caching.Coalescer 로 같은 질문을 한 호출로 합쳐 answer_with_fallback 을 부르고 (miss, 함께 기다린 요청은 coalesced),
+# 주 모델의 비지 않은, 거절이 아닌 답만 캐시에 두세요 (오류, Fallback 의 답, 거절, 빈 답은 절대 두지 않음).
+# 메트릭 telemetry.record_cache(결과), 로그 줄의 cache. CACHE_TTL_SECONDS=0 이면 answer_with_fallback 그대로 (결과 None).
 
 
 async def judge_answer(question: str, answer: str, answer_model: str) -> None:
@@ -382,6 +391,8 @@ async def lifespan(app: FastAPI):
     app.state.drift = quality.InputDrift(settings.drift_window)
     # TODO 8 (lesson §6, §8): 시작할 때 Fallback 클라이언트, resilience.RateLimiter, resilience.SharedResponses,
     # 동시 처리 수(in_flight)와 준비 상태(ready)를 만드세요.
+    # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 시작할 때 caching.ResponseCache(CACHE_TTL_SECONDS, CACHE_MAX_ENTRIES,
+    # REDIS_URL) 와 caching.Coalescer() 를 만드세요.
     yield
     # TODO 10 (lesson §8 '우아한 종료와 롤링 재시작'): 종료가 시작되면 /ready 가 503 을 내게 하세요.
     # 종료: 남은 판정 작업을 기다린 뒤(각 작업은 타임아웃과 시도 횟수로 끝이 있음) 클라이언트를 닫습니다.
@@ -390,6 +401,7 @@ async def lifespan(app: FastAPI):
     await judge_llm.aclose()
     await app.state.llm.aclose()
     # TODO 10 (lesson §8): Fallback 클라이언트와 한도 저장소(Redis 연결)도 닫으세요.
+    # TODO 17 (lesson §11): 캐시의 Redis 연결도 닫으세요.
     TRACER_PROVIDER.force_flush()  # 모아 둔 스팬을 지금 내보냄 (BatchSpanProcessor). 프로세스가 끝날 때 SDK 가 shutdown
     import sentry_sdk
 
@@ -498,6 +510,7 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     try:
         # 시스템 지시(프롬프트 버전의 내용)와 사용자 질문을 역할을 나눠 보냅니다.
         # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): answer_with_fallback 으로 (답, 답한 모델)을 받으세요.
+        # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): answer_cached 로 (답, 답한 모델, 캐시 결과)를 받으세요.
         reply = await invoke_llm(llm, [SystemMessage(SYSTEM_PROMPT), HumanMessage(req.message)], settings.llm_model)
     except ModelRateLimitError as exc:  # 429 -> GoogleRateLimitError
         raise ApiError(
@@ -519,7 +532,9 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     # TODO 9 (lesson §7): 응답 id 를 공유 저장소(resilience.SharedResponses)에.
     # TODO 4 (lesson §3): Fallback 이 답했으면 표시하세요: 헤더 X-Fallback: <모델>, 로그 줄의 fallback.
     response_id = app.state.responses.issue()
+    # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 응답 헤더 X-Cache: hit | miss | coalesced.
     telemetry.record_answer(settings.llm_model, refused=quality.is_refusal(reply.text))
+    # TODO 17 (lesson §11): 캐시의 답(hit, coalesced)은 판정하지 마세요.
     if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
         schedule_judge(req.message, reply.text)
     # 질문과 답은 로그에 쓰지 않고, 설정이 있을 때만 암호화해 저장합니다 (lesson §4).
@@ -562,3 +577,9 @@ async def feedback(req: FeedbackRequest) -> FeedbackResponse:
         raise ApiError(409, "feedback_exists", "이 답에는 이미 피드백이 있습니다.")
     telemetry.record_feedback(req.rating, req.score)  # comment 는 메트릭에 넣지 않습니다
     return FeedbackResponse(response_id=req.response_id, rating=req.rating, recorded=True)
+# TODO 18 (lesson §12 '스트리밍'): POST /chat/stream 을 만드세요: /chat 과 같은 의존성(키, 한도, 동시 처리 한도)과
+# 본문, response_class=EventSourceResponse, ServerSentEvent 를 yield 하는 생성기. llm.astream 의 조각을 오는 대로
+# event: delta {"text": ...} 로 (모아 두지 말 것), 끝에 event: done {response_id, model, prompt_version, usage}.
+# 첫 조각은 REQUEST_DEADLINE_SECONDS 안에. 실패하면(끊긴 스트림 포함) event: error {"error": {code, message}} 하나.
+# 클라이언트가 떠나면 업스트림 스트림을 닫으세요 (contextlib.aclosing). 메트릭 llm_time_to_first_token_seconds,
+# 토큰과 비용, 로그 줄의 ttft_ms.

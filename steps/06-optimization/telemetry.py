@@ -151,6 +151,9 @@ def set_drift(psi: float) -> None:
 # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): Fallback 카운터 llm.fallbacks (라벨 gen_ai.request.model, reason)와
 # record_fallback(primary_model, reason) 을 만드세요. §5, §6 의 카운터(llm.ratelimit.errors, llm.ratelimit.rejections,
 # llm.requests.shed)도 여기에.
+# TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 카운터 llm.cache.requests (라벨 result: hit, miss, coalesced, error)와
+# record_cache(result). TODO 18 (lesson §12 '스트리밍'): 히스토그램 llm.time_to_first_token (단위 s, LLM_BUCKETS,
+# 라벨 gen_ai.request.model)과 record_ttft(model, seconds).
 
 
 def metrics_body() -> tuple[bytes, str]:

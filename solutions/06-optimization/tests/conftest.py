@@ -25,6 +25,8 @@ os.environ.update({
     # 06단계의 테스트(test_resilience.py)는 필요한 설정을 직접 바꿉니다.
     "FALLBACK_MODEL": "",
     "CIRCUIT_FAIL_MAX": "1000000",
+    # 06단계 2부: 같은 질문을 여러 번 보내는 테스트들은 캐시 없이 (test_caching.py 가 캐시를 직접 켬).
+    "CACHE_TTL_SECONDS": "0",
     # STARTER
     # # TODO 4 (lesson §3): Fallback 과 회로 차단기를 만들면 05단계 테스트는 그것 없이 (FALLBACK_MODEL="").
     # END SOLUTION
