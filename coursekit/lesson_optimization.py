@@ -6,6 +6,9 @@
     run = lo.load(widget.url, users=20, seconds=4)             # a small asyncio load: statuses, latencies
     redis = lo.start_redis()                                   # a real redis-server on a free port
     lb = lo.start_balancer([w1, w2])                           # a real nginx in front of two replicas (TLS)
+    b = lo.burst(widget.url, 100)                              # 100 identical concurrent /ask: X-Cache values
+    t = lo.stream_timing(widget.url)                           # POST /ask/stream: first delta vs done
+    lo.disconnect_after_first(widget.url)                      # read one delta, leave (simulator: abandoned)
 
 The demo service lives in coursekit/data/faq_widget_prod/ (copied into the lesson's work folder). Everything
 started here is stopped by PID when the kernel exits and by `lesson.cleanup()`. Messages meant for people
@@ -15,6 +18,7 @@ are Korean.
 from __future__ import annotations
 
 import asyncio
+import json as jsonlib
 import math
 import shutil
 import threading
@@ -29,13 +33,15 @@ import httpx
 
 from . import lesson
 
-__all__ = ["DEMO_SOURCE", "OTHER_KEY", "WIDGET_KEY", "LoadResult", "load", "metric", "show", "start_balancer",
-           "start_redis", "start_replicas", "start_widget"]
+__all__ = ["DEMO_SOURCE", "OTHER_KEY", "WIDGET_KEY", "BurstResult", "LoadResult", "StreamTiming", "burst",
+           "disconnect_after_first", "load", "metric", "show", "start_balancer", "start_redis", "start_replicas",
+           "start_widget", "stream_timing"]
 
 DEMO_SOURCE = Path(__file__).resolve().parent / "data" / "faq_widget_prod"
 WIDGET_KEY = "lab-service-key"
 OTHER_KEY = "second-client-key"
 QUESTIONS = ["요금제가 어떻게 돼요?", "API 키를 잃어버렸어요", "서울 리전이 있나요?", "로그는 얼마나 보관하나요?"]
+LONG_QUESTION = "요금제는 어떻게 되나요?"   # the demo's longest answer (7 stream chunks)
 
 
 def start_widget(env: Mapping[str, str] | None = None, name: str = "faq-widget") -> lesson.Service:
@@ -223,3 +229,186 @@ def start_balancer(fragment: str, replicas):
     lb = Balancer(fragment, replicas=addresses).start()
     lesson.on_cleanup(lb.stop)
     return lb
+
+
+# --------------------------------------------------------------------------- cache, coalescing, streaming
+def _in_thread(main):
+    """Run the coroutine function `main` with asyncio.run in a thread (a notebook's loop is already running)
+    and return its result, re-raising its exception here."""
+    out: list = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(asyncio.run(main()))
+        except BaseException as exc:  # noqa: BLE001 (surfaced in the caller's thread)
+            error.append(exc)
+
+    worker = threading.Thread(target=run, name="lesson-burst", daemon=True)
+    worker.start()
+    worker.join()
+    if error:
+        raise error[0]
+    return out[0]
+
+
+@dataclass
+class BurstResult:
+    """n identical concurrent requests: per request (in order sent) status, X-Cache header (None when absent),
+    latency in seconds and JSON body."""
+
+    statuses: list[int] = field(default_factory=list)
+    caches: list[str | None] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    bodies: list[dict] = field(default_factory=list, repr=False)
+    seconds: float = 0.0
+
+    @property
+    def cache_counts(self) -> Counter:
+        return Counter(self.caches)
+
+    def summary(self, label: str = "") -> str:
+        xs = sorted(self.latencies)
+        p50 = xs[max(0, math.ceil(0.5 * len(xs)) - 1)] if xs else math.nan
+        caches = {("(없음)" if k is None else k): v for k, v in self.cache_counts.items()}
+        return (f"{label}동시 요청 {len(self.statuses)}개 / {self.seconds:.2f}초, 상태 {dict(Counter(self.statuses))}, "
+                f"X-Cache {caches}, p50 {p50:.3f}s 최대 {max(xs, default=math.nan):.3f}s")
+
+
+def burst(url: str, n: int = 100, path: str = "/ask", json: Mapping[str, Any] | None = None,
+          headers: Mapping[str, str] | None = None, timeout: float = 30.0) -> BurstResult:
+    """`n` identical requests sent at the same instant (asyncio.gather, one connection each): statuses,
+    X-Cache values and latencies. Default body {"q": QUESTIONS[0]}, default header X-API-Key: WIDGET_KEY.
+    A request without an answer within `timeout` counts as status 0."""
+    body = dict(json) if json is not None else {"q": QUESTIONS[0]}
+    hdrs = dict(headers) if headers is not None else {"X-API-Key": WIDGET_KEY}
+    result = BurstResult()
+    rows: list = [None] * n
+
+    async def main() -> BurstResult:
+        limits = httpx.Limits(max_connections=n + 5, max_keepalive_connections=n + 5)
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+            async def one(i: int) -> None:
+                start = time.monotonic()
+                try:
+                    r = await client.post(path, json=body, headers=hdrs)
+                    ok_json = r.headers.get("content-type", "").startswith("application/json")
+                    rows[i] = (r.status_code, r.headers.get("x-cache"), time.monotonic() - start,
+                               r.json() if ok_json else {})
+                except httpx.HTTPError as exc:
+                    rows[i] = (0, None, time.monotonic() - start, {"error": type(exc).__name__})
+            t0 = time.monotonic()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            result.seconds = time.monotonic() - t0
+        return result
+
+    _in_thread(main)
+    for status, cache, latency, data in rows:
+        result.statuses.append(status)
+        result.caches.append(cache)
+        result.latencies.append(latency)
+        result.bodies.append(data)
+    return result
+
+
+@dataclass
+class StreamTiming:
+    """One SSE response read as it arrived: `ttfb_s` = seconds until the first `delta` event (NaN if none),
+    `total_s` = seconds until the stream ended (or until we left), `text` = the deltas' texts joined,
+    `events` = [(seconds, event name, data parsed as JSON when it is JSON)], `status`, `content_type`."""
+
+    ttfb_s: float = math.nan
+    total_s: float = math.nan
+    text: str = ""
+    events: list[tuple[float, str, Any]] = field(default_factory=list)
+    status: int = 0
+    content_type: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return [e[1] for e in self.events]
+
+    @property
+    def last(self) -> tuple[str, Any] | None:
+        """(event name, data) of the last event, e.g. ("done", {...}) or ("error", {"code": ...})."""
+        return (self.events[-1][1], self.events[-1][2]) if self.events else None
+
+    def summary(self, label: str = "") -> str:
+        end = self.last[0] if self.last else "(이벤트 없음)"
+        return (f"{label}첫 조각 {self.ttfb_s:.3f}s, 전체 {self.total_s:.3f}s, delta {self.names.count('delta')}개, "
+                f"마지막 이벤트 {end}, 글자 {len(self.text)}자")
+
+
+def _sse_events(lines):
+    """SSE lines -> (event name, data) per event (blank line = end of an event; `:` lines are comments,
+    e.g. FastAPI's keep-alive pings). The event name defaults to "message"; data is JSON-parsed if it can be."""
+    name, data = None, []
+    for line in lines:
+        if line == "":
+            if data or name:
+                raw = "\n".join(data)
+                try:
+                    value = jsonlib.loads(raw)
+                except ValueError:
+                    value = raw
+                yield name or "message", value
+            name, data = None, []
+        elif line.startswith(":"):
+            continue
+        else:
+            field_name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field_name == "event":
+                name = value
+            elif field_name == "data":
+                data.append(value)
+    if data or name:
+        yield name or "message", "\n".join(data)
+
+
+def _read_stream(url: str, path: str, json: Mapping[str, Any] | None, headers: Mapping[str, str] | None,
+                 timeout: float, stop_after_first: bool) -> StreamTiming:
+    body = dict(json) if json is not None else {"q": LONG_QUESTION}
+    hdrs = dict(headers) if headers is not None else {"X-API-Key": WIDGET_KEY}
+    out = StreamTiming()
+    texts: list[str] = []
+    start = time.monotonic()
+    with httpx.Client(timeout=timeout) as client:
+        with client.stream("POST", url.rstrip("/") + path, json=body, headers=hdrs) as r:
+            out.status = r.status_code
+            out.content_type = r.headers.get("content-type", "")
+            if r.status_code == 200 and out.content_type.startswith("text/event-stream"):
+                for name, data in _sse_events(r.iter_lines()):
+                    t = time.monotonic() - start
+                    out.events.append((t, name, data))
+                    if name == "delta":
+                        texts.append(str(data.get("text", "")) if isinstance(data, dict) else str(data))
+                        if math.isnan(out.ttfb_s):
+                            out.ttfb_s = t
+                            if stop_after_first:
+                                break      # leaving the with-block closes the connection
+            else:
+                r.read()
+                try:
+                    out.events.append((time.monotonic() - start, "http_error", r.json()))
+                except ValueError:
+                    out.events.append((time.monotonic() - start, "http_error", r.text))
+    out.total_s = time.monotonic() - start
+    out.text = "".join(texts)
+    return out
+
+
+def stream_timing(url: str, path: str = "/ask/stream", json: Mapping[str, Any] | None = None,
+                  headers: Mapping[str, str] | None = None, timeout: float = 30.0) -> StreamTiming:
+    """POST an SSE endpoint and read it to the end as it arrives (httpx streaming): time to the first
+    `delta` vs time to the end, the joined text and every event. Default body {"q": LONG_QUESTION}, default
+    header X-API-Key: WIDGET_KEY. A non-SSE answer (401, 422, 429 ...) gives `status` and one "http_error" event."""
+    return _read_stream(url, path, json, headers, timeout, stop_after_first=False)
+
+
+def disconnect_after_first(url: str, path: str = "/ask/stream", json: Mapping[str, Any] | None = None,
+                           headers: Mapping[str, str] | None = None, timeout: float = 30.0) -> StreamTiming:
+    """Like stream_timing, but close the connection right after the first `delta` event (a user who closed
+    the tab). Whether the service then stopped its upstream stream shows in the simulator's
+    `stats()["streams"]["abandoned"]`."""
+    return _read_stream(url, path, json, headers, timeout, stop_after_first=True)

@@ -313,3 +313,100 @@ def test_rolling_restart_with_deregistration_loses_no_post(need_nginx, tiny_app)
         assert all(rs.logs(i).count("coursekit.replicas: start") == 2 for i in range(2))
         print(f"rolling restart with deregistration: {len(codes)} POST, 0 failed, {took:.2f} s, {timings}")
 
+
+
+# ---- lesson helpers for §11/§12 on the demo faq-widget (real simulator, real uvicorn) ----------------
+@pytest.fixture
+def own_sim(monkeypatch):
+    from coursekit import lesson
+
+    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
+    lesson.cleanup()
+    sim = lesson.setup(quiet=True)
+    yield sim
+    lesson.cleanup()
+
+
+def _streams_after(sim, want: dict, timeout: float = 2.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = sim.stats()["streams"]
+        if all(s[k] == v for k, v in want.items()) or time.monotonic() > deadline:
+            return s
+        time.sleep(0.02)
+
+
+def test_sse_parser_reads_events_comments_and_multiline_data():
+    from coursekit.lesson_optimization import _sse_events
+
+    lines = ["event: delta", 'data: {"text": "가"}', "", ": ping", "", "data: a", "data: b", "",
+             "event: done", "data: {}", ""]
+    assert list(_sse_events(lines)) == [("delta", {"text": "가"}), ("message", "a\nb"), ("done", {})]
+
+
+def test_widget_stream_first_delta_early_and_disconnect_abandons_upstream(own_sim):
+    import httpx
+
+    from coursekit import lesson
+    from coursekit import lesson_optimization as lo
+
+    widget = lo.start_widget({}, name="stream")
+    q = {"q": lo.LONG_QUESTION}
+    full = httpx.post(widget.url + "/ask", json=q, headers={"X-API-Key": lo.WIDGET_KEY}, timeout=10).json()["reply"]
+    with lesson.sim_faults(slow_stream_chunk_seconds=0.2):
+        own_sim.reset()
+        t = lo.stream_timing(widget.url, json=q)
+        assert t.status == 200 and t.content_type.startswith("text/event-stream")
+        assert t.names.count("delta") >= 5 and t.last == ("done", {"model": "gemini-3.5-flash"})
+        assert t.text == full                                   # the deltas are the /ask answer
+        assert t.ttfb_s < 0.3 * t.total_s, t.summary()          # measured 0.17 s vs 1.35 s
+        assert own_sim.stats()["streams"] == {"started": 1, "completed": 1, "abandoned": 0}
+        print(t.summary("stream: "))
+
+        gone = lo.disconnect_after_first(widget.url, json=q)
+        assert gone.names == ["delta"] and gone.text and full.startswith(gone.text)
+        s = _streams_after(own_sim, {"abandoned": 1})
+        assert s == {"started": 2, "completed": 1, "abandoned": 1}, s   # the widget closed its upstream stream
+        time.sleep(0.4)
+        assert own_sim.stats()["streams"]["completed"] == 1             # and nothing finished it later
+    unauth = lo.stream_timing(widget.url, json=q, headers={"X-API-Key": "wrong"})
+    assert unauth.status == 401 and unauth.last == ("http_error", {"code": "unauthorized"})
+
+
+def test_widget_stream_cut_ends_with_an_error_event(own_sim):
+    from coursekit import lesson
+    from coursekit import lesson_optimization as lo
+
+    widget = lo.start_widget({}, name="stream-cut")
+    with lesson.sim_faults(stream_cut_rate=1.0):
+        t = lo.stream_timing(widget.url)
+    assert t.status == 200 and "delta" in t.names and "done" not in t.names
+    assert t.last == ("error", {"code": "upstream_malformed"}), t.events
+
+
+def test_widget_cache_and_coalescing_with_burst(own_sim):
+    from coursekit import lesson
+    from coursekit import lesson_optimization as lo
+
+    plain = lo.start_widget({}, name="no-cache")
+    cached = lo.start_widget({"WIDGET_CACHE_TTL": "30", "WIDGET_DEADLINE": "1.0"}, name="cache")
+    with lesson.sim_faults(slow_first_token_seconds=0.5):
+        own_sim.reset()
+        before = lo.burst(plain.url, 20)
+        assert before.statuses == [200] * 20 and set(before.caches) == {None}   # cache off: no header
+        assert own_sim.stats()["requests_total"] == 20                           # one upstream call each
+        own_sim.reset()
+        after = lo.burst(cached.url, 100)
+        print(before.summary("before: "), "|", after.summary("after: "))
+    assert after.statuses == [200] * 100 and after.cache_counts == {"miss": 1, "coalesced": 99}
+    assert len({b["reply"] for b in after.bodies}) == 1
+    assert own_sim.stats()["requests_total"] == 1                                # 100 questions, 1 call
+    hits = lo.burst(cached.url, 5, json={"q": "  요금제가   어떻게 돼요? "})        # spaces differ: same key
+    assert hits.cache_counts == {"hit": 5} and own_sim.stats()["requests_total"] == 1
+    assert max(hits.latencies) < 0.5
+    q2 = {"q": "API 키를 잃어버렸어요"}
+    with lesson.sim_faults(error_503_rate=1.0):
+        failed = lo.burst(cached.url, 1, json=q2)
+    assert failed.statuses == [503] and failed.caches == [None]
+    assert lo.burst(cached.url, 1, json=q2).caches == ["miss"]                   # the error was not cached
+    assert lo.burst(cached.url, 1, json=q2).caches == ["hit"]
