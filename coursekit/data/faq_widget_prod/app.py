@@ -272,7 +272,7 @@ async def limited(request: Request, key: str = Depends(require_key)) -> None:
     await rate_limit(request, key)
 
 
-@app.post("/ask/stream", response_class=EventSourceResponse, dependencies=[Depends(limited)])
+@app.post("/ask/stream", dependencies=[Depends(limited)], response_class=EventSourceResponse)
 async def ask_stream(body: Ask):
     """위의 조각이 오는 대로 바로 내보냅니다 (모아 두지 않음). 재시도·Fallback·캐시 없음: 이미 보낸 글을
     되풀이하게 되니까요. 클라이언트가 떠나면 FastAPI 가 이 생성기를 취소하고, 위 스트림도 닫힙니다."""
@@ -283,9 +283,9 @@ async def ask_stream(body: Ask):
             chunk = await anext(upstream)
         while True:
             reason = str(chunk.response_metadata.get("finish_reason", "")) or reason
-            if chunk.text:
+            if piece := chunk.text:
                 sent = True
-                yield ServerSentEvent(event="delta", data={"text": chunk.text})
+                yield ServerSentEvent(data={"text": piece}, event="delta")
             chunk = await anext(upstream, None)
             if chunk is None:
                 break
@@ -308,8 +308,8 @@ FAILURES = (  # (예외, 상태, 코드): 위에서부터 처음 맞는 것. 어
 def stream_error_code(exc: Exception) -> str:
     if isinstance(exc, TimeoutError):
         return "upstream_timeout"
-    if isinstance(exc, httpx2.RemoteProtocolError):  # 위 스트림이 중간에 끊김
-        return "upstream_malformed"
+    if isinstance(exc, httpx2.RemoteProtocolError):  # 위 스트림이 중간에 끊김: 깨진 답과 같게
+        exc = Empty("stream cut")
     return json.loads(failure_response(exc).body)["code"]
 
 
