@@ -161,7 +161,7 @@ pending: dict[str, asyncio.Task] = {}  # 지금 위로 묻는 중인 질문: 같
 
 
 def cache_key(q: str) -> str:
-    """모델 + 정규화한 질문 (NFKC, casefold, 공백 하나로). 프롬프트나 모델이 바뀌면 다른 키."""
+    """모델 + 시스템 프롬프트 + 정규화한 질문 (NFKC, casefold, 공백 하나로): 프롬프트나 모델이 바뀌면 다른 키."""
     norm = " ".join(unicodedata.normalize("NFKC", q).casefold().split())
     return hashlib.sha256(json.dumps([MODEL, SYSTEM, norm], ensure_ascii=False).encode()).hexdigest()
 
