@@ -1,6 +1,7 @@
 """Helpers of the step 06 grader: single requests and bursts over HTTP(S), the documented error JSON,
 rate-limit headers, the per-request rows the grader's Locust scenario writes, and the "fleet"
-(Redis, two replicas, the learner's nginx fragment, a test CA) built from the kit's components.
+(Redis, two replicas, the learner's nginx fragment, a test CA) built from the kit's components; for part 2 a
+burst of one identical question, Prometheus samples, and a Server-Sent Events reader (events with arrival times).
 
 Nothing here reads the learner's folder by itself except the fragment path the grader passes in.
 """

@@ -1,5 +1,7 @@
 """Step 06 채점 (1부): 데드라인 있는 재시도, 재시도하지 않을 오류, Fallback, API 키별 Rate Limiting (Redis 공유),
-Redis 장애, 부하 차단, 우아한 종료와 롤링 재시작, TLS, 로드 밸런서.
+Redis 장애, 부하 차단, 우아한 종료와 롤링 재시작, TLS, 로드 밸런서. (2부): 응답 캐시와 요청 합치기 (진짜 Redis 를
+함께 쓰는 서비스 네 개: 같은 설정 둘, 모델만 다른 것, 프롬프트 버전만 다른 것), 스트리밍 (SSE 를 오는 대로 읽고
+시뮬레이터의 streams 집계로 클라이언트가 떠난 뒤 업스트림이 닫혔는지 봄).
 
 학습자의 서비스를 실제 uvicorn 프로세스로 띄웁니다 (기본값이 아닌 설정: 시도 3번, 데드라인 2.2초, 기본이 아닌
 Fallback 모델, 분당 12번 한도, 작은 동시 처리 한도). 뒤에는 채점기의 Gemini 시뮬레이터가 장애(429/503, 멈춤, 400,
@@ -862,25 +864,7 @@ def test_cache(cache_fleet, simulator):
                       "sha256([LLM_MODEL, PROMPT_VERSION, 정규화한 질문]) 입니다: 모델이나 프롬프트를 바꾸면 예전 답을 "
                       "쓰면 안 됩니다.")
 
-    # 6) Fallback 의 답은 캐시하지 않음: 주 모델이 다운이면 Fallback 이 답하고, 주 모델이 돌아오면 다시 주 모델에게 물음.
-    q_fb = "서비스 장애가 나면 어디서 확인하나요?"
-    simulator.configure(fault_models=[CACHE_MODEL], error_503_rate=1.0)
-    try:
-        fb = f.ask(f.a, q_fb, "cache-fallback")
-    finally:
-        simulator.configure(fault_models=None, error_503_rate=0.0)
-    before = calls(simulator, CACHE_MODEL)
-    after_fb = f.ask(f.a, q_fb, "cache-after-fallback")
-    n = calls(simulator, CACHE_MODEL) - before
-    record("fallback_then", [fb.short(), f"{after_fb.short()}, X-Cache {xcache(after_fb)}, {CACHE_MODEL} 호출 {n}번"])
-    if after_fb.status != 200 or xcache(after_fb) == "hit" or n < 1:
-        fail(expected="Fallback 모델의 답은 캐시하지 않음: 주 모델이 돌아온 뒤 같은 질문은 X-Cache: miss, 주 모델 호출",
-             measured=f"주 모델 다운 중 {fb.short()} (fallback={fb.body.get('fallback') if isinstance(fb.body, dict) else None}); "
-                      f"그 뒤 {after_fb.short()}, X-Cache {xcache(after_fb)}, {CACHE_MODEL} 호출 {n}번",
-             hint="lesson.ipynb §11 '응답 캐시와 요청 합치기' — 캐시에는 주 모델이 낸 정상 답만 넣으세요. Fallback 의 "
-                  "답(품질이 낮을 수 있음)을 넣으면 주 모델이 돌아와도 TTL 동안 그 답이 나갑니다.")
-
-    # 7) 오류는 캐시하지 않음: 모든 모델이 503 이면 오류, 장애가 끝나면 같은 질문은 miss + 업스트림, 그다음 hit.
+    # 6) 오류는 캐시하지 않음: 모든 모델이 503 이면 오류, 장애가 끝나면 같은 질문은 miss + 업스트림, 그다음 hit.
     q_err = "로그는 얼마 동안 보관되나요?"
     simulator.configure(error_503_rate=1.0)
     try:
@@ -903,6 +887,24 @@ def test_cache(cache_fleet, simulator):
     if third.status != 200 or xcache(third) != "hit":
         fail(expected="장애 뒤 정상 답은 캐시됨: 한 번 더 물으면 X-Cache: hit",
              measured=f"{third.short()}, X-Cache {xcache(third)}")
+
+    # 7) Fallback 의 답은 캐시하지 않음: 주 모델이 다운이면 Fallback 이 답하고, 주 모델이 돌아오면 다시 주 모델에게 물음.
+    q_fb = "서비스 장애가 나면 어디서 확인하나요?"
+    simulator.configure(fault_models=[CACHE_MODEL], error_503_rate=1.0)
+    try:
+        fb = f.ask(f.a, q_fb, "cache-fallback")
+    finally:
+        simulator.configure(fault_models=None, error_503_rate=0.0)
+    before = calls(simulator, CACHE_MODEL)
+    after_fb = f.ask(f.a, q_fb, "cache-after-fallback")
+    n = calls(simulator, CACHE_MODEL) - before
+    record("fallback_then", [fb.short(), f"{after_fb.short()}, X-Cache {xcache(after_fb)}, {CACHE_MODEL} 호출 {n}번"])
+    if after_fb.status != 200 or xcache(after_fb) == "hit" or n < 1:
+        fail(expected="Fallback 모델의 답은 캐시하지 않음: 주 모델이 돌아온 뒤 같은 질문은 X-Cache: miss, 주 모델 호출",
+             measured=f"주 모델 다운 중 {fb.short()} (fallback={fb.body.get('fallback') if isinstance(fb.body, dict) else None}); "
+                      f"그 뒤 {after_fb.short()}, X-Cache {xcache(after_fb)}, {CACHE_MODEL} 호출 {n}번",
+             hint="lesson.ipynb §11 '응답 캐시와 요청 합치기' — 캐시에는 주 모델이 낸 정상 답만 넣으세요. Fallback 의 "
+                  "답(품질이 낮을 수 있음)을 넣으면 주 모델이 돌아와도 TTL 동안 그 답이 나갑니다.")
 
     # 8) 요청 합치기: 업스트림이 느릴 때(첫 토큰 0.5초) 같은 질문 100개가 동시에 -> 업스트림 호출 1번.
     q_co = "API 키를 잃어버렸어요. 어떻게 하나요?"
