@@ -264,10 +264,11 @@ def _sse_data(lines: list[str]) -> Any:
 
 
 def stream_chat(client: httpx.Client, base_url: str, key: str | None, message: str, *, timeout: float,
-                leave_after_first_delta: bool = False, rid: str | None = None) -> Stream:
+                leave_after_first_delta: bool = False, rid: str | None = None, max_seconds: float = 15.0) -> Stream:
     """POST /chat/stream and read its Server-Sent Events as they arrive (the SSE rules: `event:`,
     `data:` lines, a blank line ends an event, `:` lines are comments such as keep-alive pings).
-    `timeout` bounds the wait for each piece; a stream that stops sending ends with `error`."""
+    `timeout` bounds the wait for each piece, `max_seconds` the whole stream (keep-alive pings do not keep
+    a stream that never ends open); either ends the reading with `error` set."""
     headers = {"X-API-Key": key} if key is not None else {}
     if rid:
         headers["X-Request-ID"] = rid
@@ -288,6 +289,9 @@ def stream_chat(client: httpx.Client, base_url: str, key: str | None, message: s
                 return out
             name, data = None, []
             for line in resp.iter_lines():
+                if time.monotonic() - started > max_seconds:
+                    out.error = f"{max_seconds:.0f}초가 지나도 스트림이 끝나지 않음"
+                    break
                 if line == "":
                     if data:
                         out.events.append(SseEvent(name or "message", _sse_data(data), time.monotonic() - started))

@@ -786,6 +786,10 @@ def answer_text(r: osup.Reply) -> str | None:
     return r.body.get("response") if isinstance(r.body, dict) else None
 
 
+def body_field(r: osup.Reply, name: str) -> Any:
+    return r.body.get(name) if isinstance(r.body, dict) else None
+
+
 @check("step06.cache")
 def test_cache(cache_fleet, simulator):
     f = cache_fleet
@@ -801,7 +805,7 @@ def test_cache(cache_fleet, simulator):
         fail(expected="처음 묻는 질문: 응답 헤더 X-Cache: miss, 업스트림 호출 1번",
              measured=f"X-Cache {xcache(first)}, 업스트림 호출 {n}번")
     original = answer_text(first)
-    first_id = first.body.get("response_id")
+    first_id = body_field(first, "response_id")
 
     # 2) 같은 질문 20번: 모두 hit, 업스트림 호출 0번, 빠름, 응답 id 는 매번 새로, 답은 같음.
     before = calls(simulator)
@@ -811,14 +815,14 @@ def test_cache(cache_fleet, simulator):
     for r in hits:
         seen[f"{r.status} {xcache(r)}"] = seen.get(f"{r.status} {xcache(r)}", 0) + 1
     p50 = osup.median([r.seconds for r in hits])
-    ids = {r.body.get("response_id") for r in hits if isinstance(r.body, dict)}
+    ids = {body_field(r, "response_id") for r in hits}
     record("repeat", seen)
     record("repeat_upstream_calls", n)
     record("hit_p50_ms", round(p50 * 1000, 2))
     if any(r.status != 200 or xcache(r) != "hit" for r in hits) or n:
         fail(expected="같은 질문을 20번 더: 모두 200, X-Cache: hit, 업스트림 호출 0번",
              measured=f"응답 {seen}, 업스트림 호출 {n}번")
-    not_cached = [r.body.get("cached") for r in hits if r.body.get("cached") is not True]
+    not_cached = [body_field(r, "cached") for r in hits if body_field(r, "cached") is not True]
     if not_cached:
         fail(expected="캐시가 답한 응답 본문에 \"cached\": true", measured=f"20개 중 {len(not_cached)}개가 cached={not_cached[0]!r}")
     wrong = [answer_text(r) for r in hits if answer_text(r) != original]
@@ -901,7 +905,7 @@ def test_cache(cache_fleet, simulator):
     record("fallback_then", [fb.short(), f"{after_fb.short()}, X-Cache {xcache(after_fb)}, {CACHE_MODEL} 호출 {n}번"])
     if after_fb.status != 200 or xcache(after_fb) == "hit" or n < 1:
         fail(expected="Fallback 모델의 답은 캐시하지 않음: 주 모델이 돌아온 뒤 같은 질문은 X-Cache: miss, 주 모델 호출",
-             measured=f"주 모델 다운 중 {fb.short()} (fallback={fb.body.get('fallback') if isinstance(fb.body, dict) else None}); "
+             measured=f"주 모델 다운 중 {fb.short()} (fallback={body_field(fb, 'fallback')!r}); "
                       f"그 뒤 {after_fb.short()}, X-Cache {xcache(after_fb)}, {CACHE_MODEL} 호출 {n}번",
              hint="lesson.ipynb §11 '응답 캐시와 요청 합치기' — 캐시에는 주 모델이 낸 정상 답만 넣으세요. Fallback 의 "
                   "답(품질이 낮을 수 있음)을 넣으면 주 모델이 돌아와도 TTL 동안 그 답이 나갑니다.")
@@ -934,10 +938,10 @@ def test_cache(cache_fleet, simulator):
              measured=f"업스트림 호출 {n}번, 응답 {seen}",
              hint="lesson.ipynb §11 '응답 캐시와 요청 합치기' — 캐시에 아직 없는 질문이라도 같은 키의 업스트림 호출이 "
                   "진행 중이면 새로 부르지 말고 그 asyncio.Task 를 asyncio.shield 로 함께 기다리세요 (X-Cache: coalesced).")
-    flag = [r for r in burst if xcache(r) != "miss" and r.body.get("cached") is not True]
+    flag = [r for r in burst if xcache(r) != "miss" and body_field(r, "cached") is not True]
     if flag:
         fail(expected="합쳐진(coalesced) 응답도 본문에 \"cached\": true",
-             measured=f"{len(flag)}개가 cached={flag[0].body.get('cached')!r}")
+             measured=f"{len(flag)}개가 cached={body_field(flag[0], 'cached')!r}")
 
     # 9) TTL: 처음 넣은 뒤 CACHE_TTL_SECONDS + 0.5초가 지나면 다시 miss, 업스트림 호출.
     time.sleep(max(0.0, set_at + CACHE_TTL + 0.5 - time.monotonic()))
