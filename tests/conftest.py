@@ -11,6 +11,19 @@ import pytest
 from coursekit.simulator import SimulatorProcess
 
 
+# pytest-timeout's limit (600 s, pyproject.toml) covers a test's setup too: the first test that asks for the
+# executed lessons (or the site built from them) pays for running every ready lesson once (about 10 minutes,
+# growing with each step), so those tests get a limit of their own. Each lesson keeps its own bound (nbconvert
+# timeout, 900 s per notebook) and each other test keeps 600 s.
+LESSONS_TIMEOUT_S = 2400
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if {"executed_lessons", "site"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.timeout(LESSONS_TIMEOUT_S))
+
+
 @pytest.fixture(scope="session")
 def simulator():
     """One simulator process for the whole test session (zero latency)."""
