@@ -18,7 +18,6 @@ are Korean.
 from __future__ import annotations
 
 import asyncio
-import json as jsonlib
 import math
 import shutil
 import threading
@@ -31,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from . import lesson
+from . import lesson, sse
 
 __all__ = ["DEMO_SOURCE", "OTHER_KEY", "WIDGET_KEY", "BurstResult", "LoadResult", "StreamTiming", "burst",
            "disconnect_after_first", "load", "metric", "show", "start_balancer", "start_redis", "start_replicas",
@@ -339,33 +338,6 @@ class StreamTiming:
                 f"마지막 이벤트 {end}, 글자 {len(self.text)}자")
 
 
-def _sse_events(lines):
-    """SSE lines -> (event name, data) per event (blank line = end of an event; `:` lines are comments,
-    e.g. FastAPI's keep-alive pings). The event name defaults to "message"; data is JSON-parsed if it can be."""
-    name, data = None, []
-    for line in lines:
-        if line == "":
-            if data or name:
-                raw = "\n".join(data)
-                try:
-                    value = jsonlib.loads(raw)
-                except ValueError:
-                    value = raw
-                yield name or "message", value
-            name, data = None, []
-        elif line.startswith(":"):
-            continue
-        else:
-            field_name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field_name == "event":
-                name = value
-            elif field_name == "data":
-                data.append(value)
-    if data or name:
-        yield name or "message", "\n".join(data)
-
-
 def _read_stream(url: str, path: str, json: Mapping[str, Any] | None, headers: Mapping[str, str] | None,
                  timeout: float, stop_after_first: bool) -> StreamTiming:
     body = dict(json) if json is not None else {"q": LONG_QUESTION}
@@ -378,7 +350,7 @@ def _read_stream(url: str, path: str, json: Mapping[str, Any] | None, headers: M
             out.status = r.status_code
             out.content_type = r.headers.get("content-type", "")
             if r.status_code == 200 and out.content_type.startswith("text/event-stream"):
-                for name, data in _sse_events(r.iter_lines()):
+                for name, data in sse.events(r.iter_lines()):
                     t = time.monotonic() - start
                     out.events.append((t, name, data))
                     if name == "delta":

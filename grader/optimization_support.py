@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from coursekit import sse
+
 FRAGMENT = Path("balancer") / "nginx.conf.template"
 RATELIMIT_FIELD = re.compile(r"(?:^|[,;\s])(limit|remaining|reset)\s*=\s*(\d+)")
 
@@ -255,17 +257,9 @@ class Stream:
         return f"HTTP {self.status} text/event-stream: {what}{tail}{err} ({self.seconds:.2f}초)"
 
 
-def _sse_data(lines: list[str]) -> Any:
-    raw = "\n".join(lines)
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
-
-
 def stream_chat(client: httpx.Client, base_url: str, key: str | None, message: str, *, timeout: float,
                 leave_after_first_delta: bool = False, rid: str | None = None, max_seconds: float = 15.0) -> Stream:
-    """POST /chat/stream and read its Server-Sent Events as they arrive (the SSE rules: `event:`,
+    """POST /chat/stream and read its Server-Sent Events as they arrive (coursekit/sse.py: `event:`,
     `data:` lines, a blank line ends an event, `:` lines are comments such as keep-alive pings).
     `timeout` bounds the wait for each piece, `max_seconds` the whole stream (keep-alive pings do not keep
     a stream that never ends open); either ends the reading with `error` set."""
@@ -287,27 +281,19 @@ def stream_chat(client: httpx.Client, base_url: str, key: str | None, message: s
                     out.body = None
                 out.seconds = time.monotonic() - started
                 return out
-            name, data = None, []
-            for line in resp.iter_lines():
-                if time.monotonic() - started > max_seconds:
-                    out.error = f"{max_seconds:.0f}초가 지나도 스트림이 끝나지 않음"
+
+            def lines():  # bounded in total: a stream of keep-alive pings only never dispatches an event
+                for line in resp.iter_lines():
+                    if time.monotonic() - started > max_seconds:
+                        out.error = f"{max_seconds:.0f}초가 지나도 스트림이 끝나지 않음"
+                        return
+                    yield line
+
+            for name, data in sse.events(lines()):
+                out.events.append(SseEvent(name, data, time.monotonic() - started))
+                if leave_after_first_delta and name == "delta":
+                    out.left = True
                     break
-                if line == "":
-                    if data:
-                        out.events.append(SseEvent(name or "message", _sse_data(data), time.monotonic() - started))
-                        if leave_after_first_delta and out.events[-1].event == "delta":
-                            out.left = True
-                            break
-                    name, data = None, []
-                elif line.startswith(":"):
-                    continue
-                else:
-                    field_name, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if field_name == "event":
-                        name = value
-                    elif field_name == "data":
-                        data.append(value)
     except httpx.HTTPError as exc:
         out.error = f"{type(exc).__name__}: {exc}"[:200]
     out.seconds = time.monotonic() - started

@@ -60,6 +60,19 @@ def needs_trace_backend(request, step_id: str | None) -> None:
 
 
 @pytest.fixture
+def own_sim(monkeypatch):
+    """The lesson kit's own simulator, as a lesson started without `course lab` gets it (the lesson kit tests);
+    the kit's cleanup stops it and whatever the test started through the kit."""
+    from coursekit import lesson
+
+    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
+    lesson.cleanup()
+    sim = lesson.setup(quiet=True)
+    yield sim
+    lesson.cleanup()
+
+
+@pytest.fixture
 def sim(simulator):
     """The session simulator with fresh counters; its config is restored after the test."""
     original = simulator.config()

@@ -14,16 +14,6 @@ from coursekit import REPO_ROOT, lesson
 from coursekit.simulator import SimulatorProcess
 
 
-@pytest.fixture
-def own_sim(monkeypatch):
-    """A lesson that starts its own simulator (no `course lab` around)."""
-    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
-    lesson.cleanup()
-    sim = lesson.setup(quiet=True)
-    yield sim
-    lesson.cleanup()
-
-
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -18,15 +18,6 @@ from coursekit import lesson
 from coursekit import lesson_logging as ll
 
 
-@pytest.fixture
-def own_sim(monkeypatch):
-    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
-    lesson.cleanup()
-    sim = lesson.setup(quiet=True)
-    yield sim
-    lesson.cleanup()
-
-
 def _requests(svc):
     return [l for l in ll.log_lines(svc) if l.get("event") == "request"]
 

@@ -18,15 +18,6 @@ from coursekit import prometheus as kp
 from coursekit.simulator.models import price_for
 
 
-@pytest.fixture
-def own_sim(monkeypatch):
-    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
-    lesson.cleanup()
-    sim = lesson.setup(quiet=True)
-    yield sim
-    lesson.cleanup()
-
-
 def test_histogram_quantile_rules():
     bounds = [1, 2, 4]
     # 10 observations: 5 in (0,1], 3 in (1,2], 2 in +Inf

@@ -11,15 +11,6 @@ from coursekit import lesson
 from coursekit import lesson_optimization as lo
 
 
-@pytest.fixture
-def own_sim(monkeypatch):
-    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
-    lesson.cleanup()
-    sim = lesson.setup(quiet=True)
-    yield sim
-    lesson.cleanup()
-
-
 def test_deadline_and_marked_fallback(own_sim):
     robust = lo.start_widget({"WIDGET_DEADLINE": "1.5"}, name="robust")
     fb = lo.start_widget({"WIDGET_FALLBACK": "gemini-3.5-flash-lite", "WIDGET_BREAKER": "3"}, name="fb")

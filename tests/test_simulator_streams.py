@@ -32,12 +32,11 @@ def llm(**kw):
 
 
 def _streams_after(sim, want: dict, timeout: float = 2.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        s = sim.stats()["streams"]
-        if all(s[k] == v for k, v in want.items()) or time.monotonic() > deadline:
-            return s
-        time.sleep(0.02)
+    """The simulator's stream counters once they reach `want` (or after `timeout`)."""
+    from coursekit.procs import wait_until
+
+    wait_until(lambda: all(sim.stats()["streams"][k] == v for k, v in want.items()), timeout, interval=0.02)
+    return sim.stats()["streams"]
 
 
 def test_full_stream_is_completed(client_env):

@@ -316,32 +316,21 @@ def test_rolling_restart_with_deregistration_loses_no_post(need_nginx, tiny_app)
 
 
 # ---- lesson helpers for §11/§12 on the demo faq-widget (real simulator, real uvicorn) ----------------
-@pytest.fixture
-def own_sim(monkeypatch):
-    from coursekit import lesson
-
-    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
-    lesson.cleanup()
-    sim = lesson.setup(quiet=True)
-    yield sim
-    lesson.cleanup()
-
-
 def _streams_after(sim, want: dict, timeout: float = 2.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        s = sim.stats()["streams"]
-        if all(s[k] == v for k, v in want.items()) or time.monotonic() > deadline:
-            return s
-        time.sleep(0.02)
+    """The simulator's stream counters once they reach `want` (or after `timeout`)."""
+    from coursekit.procs import wait_until
+
+    wait_until(lambda: all(sim.stats()["streams"][k] == v for k, v in want.items()), timeout, interval=0.02)
+    return sim.stats()["streams"]
 
 
 def test_sse_parser_reads_events_comments_and_multiline_data():
-    from coursekit.lesson_optimization import _sse_events
+    from coursekit.sse import events
 
     lines = ["event: delta", 'data: {"text": "가"}', "", ": ping", "", "data: a", "data: b", "",
              "event: done", "data: {}", ""]
-    assert list(_sse_events(lines)) == [("delta", {"text": "가"}), ("message", "a\nb"), ("done", {})]
+    assert list(events(lines)) == [("delta", {"text": "가"}), ("message", "a\nb"), ("done", {})]
+    assert list(events(["event: done", "data: {}"])) == []  # not dispatched without its blank line
 
 
 def test_widget_stream_first_delta_early_and_disconnect_abandons_upstream(own_sim):
