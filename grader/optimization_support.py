@@ -298,3 +298,46 @@ def stream_chat(client: httpx.Client, base_url: str, key: str | None, message: s
         out.error = f"{type(exc).__name__}: {exc}"[:200]
     out.seconds = time.monotonic() - started
     return out
+
+
+# --------------------------------------------------------------------------- batching, token budget (part 2b)
+def batch(client: httpx.Client, base_url: str, key: str | None, messages: Any, *, timeout: float,
+          rid: str | None = None) -> Reply:
+    """POST /chat/batch {"messages": messages} (messages as given: the grader also sends wrong shapes)."""
+    headers = {"X-API-Key": key} if key is not None else {}
+    return request(client, "POST", f"{base_url}/chat/batch", timeout=timeout, rid=rid, headers=headers,
+                   json={"messages": messages})
+
+
+def batch_results(reply: Reply) -> list | None:
+    """The `results` list of a /chat/batch answer, or None when the body has none."""
+    if isinstance(reply.body, dict) and isinstance(reply.body.get("results"), list):
+        return reply.body["results"]
+    return None
+
+
+def item_short(item: Any) -> str:
+    """One batch result in a few words: `ok` or `오류 <code>` or what it is instead."""
+    if not isinstance(item, dict):
+        return f"객체가 아님 ({json.dumps(item, ensure_ascii=False)[:60]})"
+    if item.get("ok") is True:
+        return "ok"
+    if item.get("ok") is False:
+        return f"오류 {error_code(item) or '(code 없음)'}"
+    return f"ok 필드 없음 ({json.dumps(item, ensure_ascii=False)[:80]})"
+
+
+def last_seq(sim) -> int:
+    """The sequence number of the simulator's last answered request (0 when none since its reset)."""
+    rows = sim.requests(limit=1)
+    return int(rows[-1]["seq"]) if rows else 0
+
+
+def rows_since(sim, seq: int) -> list[dict]:
+    """The simulator's answered requests after `seq` (GET /_sim/requests keeps the last 1000), oldest first."""
+    return [r for r in sim.requests() if int(r.get("seq", 0)) > seq]
+
+
+def metric_sum(text: str, sample: str, **labels: str) -> float:
+    """Sum of the samples named `sample` whose labels include `labels` (0 when there is none)."""
+    return sum(v for lab, v in metric_samples(text, sample) if all(lab.get(k) == w for k, w in labels.items()))

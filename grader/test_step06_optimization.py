@@ -14,6 +14,8 @@ SAFETY 차단, 깨진 본문, 빈 후보, 처리 용량)를 주입합니다. 복
 
 from __future__ import annotations
 
+import json
+import math
 import secrets
 import threading
 import time
@@ -1098,3 +1100,319 @@ def test_streaming(stream_service, simulator):
              measured=f"2초 동안 abandoned +{abandoned}, completed +{completed}",
              hint="lesson.ipynb §12 '스트리밍' — 클라이언트가 떠나면 FastAPI 가 제너레이터를 취소합니다. "
                   "astream 을 그 제너레이터 안에서 직접 읽고(백그라운드 작업에 넘기지 말고) 취소를 삼키지 마세요.")
+
+
+# =========================================================================== batching (part 2b)
+BATCH_CONCURRENCY = 3                    # BATCH_CONCURRENCY (기본 4)
+BATCH_MAX_ITEMS = 10                     # BATCH_MAX_ITEMS (기본 16)
+BATCH_DELAY = 0.3                        # 시뮬레이터 slow_first_token_seconds: 항목들이 업스트림에서 겹치는 시간
+BATCH_QUESTIONS = [                      # 서로 다른 질문 9개 (시뮬레이터의 답도 모두 다름)
+    "하늘클라우드에 어떻게 가입하나요?", "비밀번호를 잊어버렸어요", "2단계 인증을 켜고 싶어요",
+    "무료 크레딧은 얼마나 주나요?", "토큰당 가격은 얼마인가요?", "세금계산서 발행이 되나요?",
+    "서울 리전이 있나요?", "SLA 는 어떻게 되나요?", "429 에러가 나요",
+]
+BATCH_FIELDS = ("ok", "response", "model", "prompt_version", "usage", "response_id", "fallback", "cached", "truncated")
+
+
+@pytest.fixture(scope="module")
+def batch_service(step_dir, tmp_path_factory, simulator):
+    yield from single(step_dir, tmp_path_factory, simulator, "배치 검사용", CACHE_TTL_SECONDS="0",
+                      BATCH_CONCURRENCY=str(BATCH_CONCURRENCY), BATCH_MAX_ITEMS=str(BATCH_MAX_ITEMS))
+
+
+def upstream_calls(sim) -> int:
+    """generateContent + streamGenerateContent calls the simulator received since its last reset."""
+    by_action = sim.stats().get("by_action") or {}
+    return int(by_action.get("generateContent", 0)) + int(by_action.get("streamGenerateContent", 0))
+
+
+def short_items(results: list) -> str:
+    seen: dict[str, int] = {}
+    for item in results:
+        seen[osup.item_short(item)] = seen.get(osup.item_short(item), 0) + 1
+    return ", ".join(f"{k} {v}개" for k, v in seen.items()) or "결과 없음"
+
+
+@check("step06.batching")
+def test_batching(batch_service, simulator):
+    s = batch_service
+    timeout = -(-len(BATCH_QUESTIONS) // BATCH_CONCURRENCY) * DEADLINE + 3   # 항목마다 데드라인, ceil(N/C) 번
+
+    def send(messages, tag: str) -> osup.Reply:
+        return osup.batch(s.client, s.svc.base_url, SERVICE_KEY, messages, timeout=timeout, rid=rid(tag))
+
+    # 1) 싼 확인이자 본 측정: 서로 다른 질문 9개를 한 배치로. 업스트림 첫 토큰이 0.3초 걸리게 해서 항목들이 겹치게
+    #    하고, 시뮬레이터의 동시 요청 최고치(max_in_flight, 직전에 0 으로)로 BATCH_CONCURRENCY 를 잽니다.
+    simulator.reset()
+    simulator.configure(slow_first_token_seconds=BATCH_DELAY)
+    try:
+        first = send(BATCH_QUESTIONS, "batch")
+        stats = simulator.stats()
+    finally:
+        simulator.configure(slow_first_token_seconds=0.0)
+    peak = int(stats.get("max_in_flight", 0))
+    calls_9 = int((stats.get("by_action") or {}).get("generateContent", 0)) + int(
+        (stats.get("by_action") or {}).get("streamGenerateContent", 0))
+    results = osup.batch_results(first)
+    record("batch", first.short())
+    record("batch_seconds", round(first.seconds, 2))
+    record("upstream_calls", calls_9)
+    record("max_in_flight", peak)
+    n = len(BATCH_QUESTIONS)
+    if first.status != 200 or results is None:
+        fail(expected=f"POST /chat/batch {{\"messages\": [질문 {n}개]}} -> 200 {{\"results\": [...]}}",
+             measured=first.short() if first.status != 200 else f"HTTP 200 이지만 results 목록이 없음: "
+                      f"{json.dumps(first.body, ensure_ascii=False)[:160] if first.body is not None else '(JSON 아님)'}")
+    if len(results) != n:
+        fail(expected=f"질문 {n}개 -> results {n}개 (messages 와 같은 순서)", measured=f"results {len(results)}개")
+    not_ok = [f"{i + 1}번 {osup.item_short(r)}" for i, r in enumerate(results) if osup.item_short(r) != "ok"]
+    if not_ok:
+        fail(expected=f"장애가 없을 때 결과 {n}개가 모두 {{\"ok\": true, \"response\", ...}}",
+             measured=f"{short_items(results)} ({', '.join(not_ok[:3])})")
+    missing = sorted({k for r in results for k in BATCH_FIELDS if k not in r})
+    if missing:
+        fail(expected=f"성공한 항목마다 /chat 의 응답 필드와 ok: {', '.join(BATCH_FIELDS)}",
+             measured=f"없는 필드: {', '.join(missing)}")
+    ids = {r.get("response_id") for r in results if isinstance(r.get("response_id"), str) and r.get("response_id")}
+    bad_model = [r.get("model") for r in results if r.get("model") != PRIMARY]
+    if len(ids) != n or bad_model:
+        fail(expected=f"항목마다 다른 response_id (피드백은 답 하나에 한 번), model={PRIMARY!r}",
+             measured=f"서로 다른 response_id {len(ids)}개" + (f", model {bad_model[0]!r}" if bad_model else ""))
+    if calls_9 != n:
+        fail(expected=f"CACHE_TTL_SECONDS=0 에서 질문 {n}개의 배치 -> 업스트림 호출 정확히 {n}번 (항목마다 한 번)",
+             measured=f"업스트림 호출 {calls_9}번")
+    if peak > BATCH_CONCURRENCY:
+        fail(expected=f"BATCH_CONCURRENCY={BATCH_CONCURRENCY}: 업스트림에 동시에 {BATCH_CONCURRENCY}개 이하",
+             measured=f"시뮬레이터가 본 동시 요청 최고 {peak}개 (질문 {n}개, {first.seconds:.2f}초)",
+             hint="lesson.ipynb §13 '배치 처리' — asyncio.gather 로 모든 항목을 한꺼번에 보내면 배치 하나가 업스트림의 "
+                  "한도를 다 씁니다. RunnableLambda(...).abatch(항목들, config={\"max_concurrency\": BATCH_CONCURRENCY}) "
+                  "로 동시에 보낼 수를 제한하세요.")
+    if peak < 2:
+        fail(expected=f"항목들을 동시에 처리: 업스트림에 동시에 2개 이상 ({BATCH_CONCURRENCY}개까지)",
+             measured=f"동시 요청 최고 {peak}개: 하나씩 차례로 ({first.seconds:.2f}초, 업스트림 첫 토큰 {BATCH_DELAY}초)",
+             hint="lesson.ipynb §13 '배치 처리' — 항목을 for 문으로 하나씩 기다리면 배치가 N 배 느립니다. "
+                  "abatch(..., config={\"max_concurrency\": BATCH_CONCURRENCY}) 로 C 개씩 함께 보내세요.")
+
+    # 2) 순서와 내용: 각 항목의 답 == 그 질문을 /chat 으로 물은 답 (시뮬레이터는 질문마다 같은 답).
+    singles = [osup.chat(s.client, s.svc.base_url, SERVICE_KEY, q, timeout=DEADLINE + 2, rid=rid("batch-chat"))
+               for q in BATCH_QUESTIONS]
+    answers = [answer_text(r) for r in singles]
+    wrong = [i for i in range(n) if results[i].get("response") != answers[i]]
+    record("order_mismatches", len(wrong))
+    if any(r.status != 200 for r in singles):
+        fail(expected="같은 질문들을 /chat 으로 하나씩 물으면 200", measured=str(osup.count_by(singles)))
+    if wrong:
+        i = wrong[0]
+        elsewhere = [j + 1 for j in range(n) if answers[j] == results[i].get("response")]
+        fail(expected="results[i] 의 response == messages[i] 를 /chat 으로 물은 답 (같은 순서)",
+             measured=f"{len(wrong)}개가 다름: {i + 1}번 질문 {BATCH_QUESTIONS[i]!r} 의 결과 "
+                      f"{str(results[i].get('response'))[:40]!r}…"
+                      + (f" (= {elsewhere[0]}번 질문의 답: 순서가 바뀜)" if elsewhere else ""))
+
+    # 3) 검증: 항목이 BATCH_MAX_ITEMS 보다 많거나, 빈(공백뿐인) 항목이 있거나, 빈 목록 -> 422, 업스트림 호출 없음.
+    before = upstream_calls(simulator)
+    too_many = [f"질문 {i}" for i in range(BATCH_MAX_ITEMS + 1)]
+    cases = [(f"항목 {BATCH_MAX_ITEMS + 1}개", too_many), ("공백뿐인 항목 \"   \"", [BATCH_QUESTIONS[0], "   "]),
+             ("빈 목록 []", [])]
+    seen, bad = {}, []
+    for name, messages in cases:
+        r = send(messages, "batch-invalid")
+        seen[name] = r.short()
+        if r.status != 422 or not osup.documented_error(r.body):
+            bad.append(f"{name}: {r.short()}")
+    sent_upstream = upstream_calls(simulator) - before
+    record("invalid", seen)
+    if bad:
+        fail(expected=f"BATCH_MAX_ITEMS={BATCH_MAX_ITEMS} 를 넘는 항목, 공백뿐인 항목, 빈 목록은 배치 전체가 422 "
+                      "(문서화된 검증 오류 JSON)",
+             measured="; ".join(bad),
+             hint="lesson.ipynb §13 '배치 처리' — BatchRequest 의 messages 에 min_length=1 과 max_length="
+                  "BATCH_MAX_ITEMS 를 걸고, 각 항목은 ChatRequest.message 처럼 검증하세요 (1..MAX_MESSAGE_CHARS, "
+                  "공백뿐이면 안 됨). 검증은 업스트림에 보내기 전에 합니다.")
+    if sent_upstream:
+        fail(expected="검증에 걸린 배치는 업스트림에 아무것도 보내지 않음",
+             measured=f"422 배치 세 개 동안 업스트림 호출 {sent_upstream}번")
+
+    # 4) 항목의 실패는 그 자리에: 모든 답이 SAFETY 로 막히면 200, 결과 3개가 모두 ok=false content_blocked.
+    simulator.configure(safety_block_rate=1.0)
+    try:
+        blocked_all = send(BATCH_QUESTIONS[:3], "batch-blocked")
+    finally:
+        simulator.configure(safety_block_rate=0.0)
+    got = osup.batch_results(blocked_all) or []
+    record("all_blocked", f"{blocked_all.short()}: {short_items(got)}")
+    if blocked_all.status != 200 or len(got) != 3 or any(osup.item_short(r) != "오류 content_blocked" for r in got):
+        fail(expected="안전 필터가 모든 답을 막아도 배치는 200, results 3개가 각각 "
+                      "{\"ok\": false, \"error\": {\"code\": \"content_blocked\", \"message\"}} (5xx 나 배치 전체의 오류가 아님)",
+             measured=f"{blocked_all.short()}, 결과: {short_items(got)}",
+             hint="lesson.ipynb §13 '배치 처리' — abatch(..., return_exceptions=True) 로 항목의 예외를 결과로 받고, "
+                  "예외마다 /chat 과 같은 오류 코드를 {\"ok\": false, \"error\": {...}} 로 그 자리에 두세요. 항목 하나의 "
+                  "실패가 배치 전체를 실패시키면 나머지 답까지 버려집니다.")
+    bad_shape = [r for r in got if not osup.documented_error(r)]
+    if bad_shape:
+        fail(expected="실패한 항목의 error 에 code 와 message (문자열)",
+             measured=json.dumps(bad_shape[0], ensure_ascii=False)[:160])
+
+    # 5) 섞인 배치: 답의 절반쯤이 막힐 때, 막힌 항목만 오류이고 나머지는 제자리에서 그 질문의 답.
+    simulator.reset()
+    simulator.configure(safety_block_rate=0.5)
+    try:
+        mixed = send(BATCH_QUESTIONS[:6], "batch-mixed")
+        blocked_n = int((simulator.stats().get("faults") or {}).get("safety_block", 0))
+    finally:
+        simulator.configure(safety_block_rate=0.0)
+    got = osup.batch_results(mixed) or []
+    record("mixed", f"{mixed.short()}: {short_items(got)}, 시뮬레이터가 막은 답 {blocked_n}개")
+    if not 0 < blocked_n < 6:
+        pytest.fail(f"채점기 문제: 섞인 배치에서 시뮬레이터가 막은 답이 {blocked_n}개 (1~5 여야 함)")
+    problems = []
+    if mixed.status != 200 or len(got) != 6:
+        problems.append(f"{mixed.short()}, 결과 {len(got)}개")
+    else:
+        errors = [i for i, r in enumerate(got) if osup.item_short(r) == "오류 content_blocked"]
+        oks = [i for i, r in enumerate(got) if osup.item_short(r) == "ok"]
+        if len(errors) != blocked_n or len(oks) != 6 - len(errors):
+            problems.append(f"결과 {short_items(got)} (시뮬레이터가 막은 답 {blocked_n}개)")
+        moved = [i + 1 for i in oks if got[i].get("response") != answers[i]]
+        if moved:
+            problems.append(f"성공한 항목 {moved} 의 답이 그 자리 질문의 답이 아님")
+    if problems:
+        fail(expected="질문 6개 중 일부만 막히면 200, 막힌 항목만 ok=false content_blocked 이고 나머지는 제자리에서 "
+                      "그 질문의 답",
+             measured="; ".join(problems))
+
+
+# =========================================================================== token budget (part 2b)
+BUDGET_MODEL = "gemini-3.5-flash-thinking"   # 사고 토큰을 쓰는 모델: THINKING_BUDGET=0 이 전달되지 않으면 드러남
+MAX_OUTPUT = 40                              # MAX_OUTPUT_TOKENS (기본 1024)
+BUDGET_TTL = 3.0                             # CACHE_TTL_SECONDS: 잘린 답이 캐시되는지 보려고 캐시를 켬
+Q_LONG = "요금제는 어떻게 되나요?"            # 보통 답이 40 토큰보다 긺 (상한에서 잘림)
+Q_SHORT = "무료 크레딧은 얼마나 주나요?"       # 답이 40 토큰보다 짧음 (잘리지 않음, 캐시됨)
+
+
+@pytest.fixture(scope="module")
+def budget_service(step_dir, tmp_path_factory, simulator):
+    yield from single(step_dir, tmp_path_factory, simulator, "토큰 예산 검사용", LLM_MODEL=BUDGET_MODEL,
+                      MAX_OUTPUT_TOKENS=str(MAX_OUTPUT), THINKING_BUDGET="0", CACHE_TTL_SECONDS=f"{BUDGET_TTL:g}")
+
+
+def scrape_text(s: Single) -> str:
+    try:
+        r = s.client.get(f"{s.svc.base_url}/metrics", timeout=5)
+    except httpx.HTTPError as exc:
+        fail(expected="GET /metrics 응답", measured=f"{type(exc).__name__}: {exc}"[:160])
+    if r.status_code != 200:
+        fail(expected="GET /metrics -> 200 (Prometheus 텍스트)", measured=f"HTTP {r.status_code}")
+    return r.text
+
+
+def usage_of(r: osup.Reply) -> dict:
+    u = body_field(r, "usage")
+    return u if isinstance(u, dict) else {}
+
+
+def sim_row(rows: list[dict]) -> str:
+    if not rows:
+        return "시뮬레이터가 답한 호출 없음"
+    r = rows[-1]
+    return (f"시뮬레이터: finish_reason {r.get('finish_reason')}, 출력 토큰 {r.get('output_tokens')}, "
+            f"사고 토큰 {r.get('thoughts_tokens')}")
+
+
+@check("step06.token_budget")
+def test_token_budget(budget_service, simulator):
+    from coursekit.simulator.models import price_for
+
+    s = budget_service
+
+    def ask(message: str, tag: str) -> tuple[osup.Reply, list[dict]]:
+        seq = osup.last_seq(simulator)
+        r = osup.chat(s.client, s.svc.base_url, SERVICE_KEY, message, timeout=DEADLINE + 2, rid=rid(tag))
+        return r, [row for row in osup.rows_since(simulator, seq) if row.get("model") == BUDGET_MODEL]
+
+    metrics_before = scrape_text(s)
+    calls: list[dict] = []          # 이 검사 동안 시뮬레이터가 답한 호출 (비용 비교용)
+
+    # 1) 싼 확인: 보통 답이 긴 질문 -> 업스트림이 MAX_OUTPUT_TOKENS 에서 멈추고, 응답에 truncated=true.
+    long1, rows = ask(Q_LONG, "budget-long")
+    calls += rows
+    record("long", f"{long1.short()}, truncated={body_field(long1, 'truncated')!r}, usage={usage_of(long1)}; "
+                   f"{sim_row(rows)}")
+    if long1.status != 200:
+        fail(expected=f"MAX_OUTPUT_TOKENS={MAX_OUTPUT}, THINKING_BUDGET=0 인 서비스에 질문 -> 200", measured=long1.short())
+    row = rows[-1] if rows else {}
+    if row.get("finish_reason") != "MAX_TOKENS":
+        fail(expected=f"MAX_OUTPUT_TOKENS={MAX_OUTPUT} 가 업스트림 호출에 전달됨: 보통 40 토큰이 넘는 답 {Q_LONG!r} 은 "
+                      f"업스트림에서 {MAX_OUTPUT} 토큰에서 멈춤 (finish_reason MAX_TOKENS)",
+             measured=sim_row(rows),
+             hint="lesson.ipynb §14 '토큰 예산' — 설정 MAX_OUTPUT_TOKENS 를 ChatGoogleGenerativeAI(max_output_tokens=...) "
+                  "로 주 모델, Fallback, 카나리 클라이언트에 넘기세요. 넘기지 않으면 답의 길이(와 비용)에 상한이 없습니다.")
+    if int(row.get("thoughts_tokens") or 0) != 0:
+        fail(expected="THINKING_BUDGET=0 이 업스트림 호출에 전달됨: 사고 모델의 사고 토큰 0개",
+             measured=sim_row(rows),
+             hint="lesson.ipynb §14 '토큰 예산' — 설정 THINKING_BUDGET 을 ChatGoogleGenerativeAI(thinking_budget=...) 로 "
+                  "넘기세요 (0 = 사고 토큰 없음). 사고 토큰은 출력 단가로 과금되고 max_output_tokens 와 따로 셉니다.")
+    if body_field(long1, "truncated") is not True:
+        fail(expected="상한에서 잘린 답 (finish_reason MAX_TOKENS) 의 응답 본문에 \"truncated\": true",
+             measured=f"truncated={body_field(long1, 'truncated')!r} ({sim_row(rows)})",
+             hint="lesson.ipynb §14 '토큰 예산' — 답의 response_metadata[\"finish_reason\"] 이 \"MAX_TOKENS\" 면 "
+                  "ChatResponse.truncated=True 로 알리세요. 표시가 없으면 클라이언트는 잘린 답을 온전한 답으로 씁니다.")
+    out_tokens = usage_of(long1).get("output_tokens")
+    want = int(row.get("output_tokens") or 0) + int(row.get("thoughts_tokens") or 0)
+    if not isinstance(out_tokens, int) or out_tokens > MAX_OUTPUT or out_tokens != want:
+        fail(expected=f"잘린 답의 usage.output_tokens <= {MAX_OUTPUT}, 시뮬레이터가 센 출력 토큰({want})과 같음",
+             measured=f"usage.output_tokens={out_tokens!r}")
+
+    # 2) 짧은 답은 잘리지 않음: truncated=false. 같은 질문을 한 번 더 -> 캐시 적중 (이 설정에서 캐시가 켜져 있음).
+    short1, rows = ask(Q_SHORT, "budget-short")
+    calls += rows
+    short2, rows2 = ask(Q_SHORT, "budget-short-again")
+    calls += rows2
+    record("short", f"{short1.short()}, truncated={body_field(short1, 'truncated')!r}, X-Cache {xcache(short1)}; "
+                    f"다시: X-Cache {xcache(short2)}, 호출 {len(rows2)}번")
+    if short1.status != 200 or body_field(short1, "truncated") is not False:
+        fail(expected=f"상한보다 짧은 답 ({Q_SHORT!r}) 은 200, \"truncated\": false",
+             measured=f"{short1.short()}, truncated={body_field(short1, 'truncated')!r} ({sim_row(rows)})")
+    if short2.status != 200 or xcache(short2) != "hit" or rows2:
+        blocked("step06.cache", measured=f"CACHE_TTL_SECONDS={BUDGET_TTL:g} 에서 잘리지 않은 답을 다시 물었더니 "
+                                         f"{short2.short()}, X-Cache {xcache(short2)}, 업스트림 호출 {len(rows2)}번")
+
+    # 3) 잘린 답은 캐시하지 않음: 같은 긴 질문을 TTL 안에 다시 -> X-Cache: miss, 업스트림 호출 1번, 다시 truncated.
+    long2, rows = ask(Q_LONG, "budget-long-again")
+    calls += rows
+    record("long_again", f"{long2.short()}, X-Cache {xcache(long2)}, 업스트림 호출 {len(rows)}번, "
+                         f"truncated={body_field(long2, 'truncated')!r}")
+    if long2.status != 200 or xcache(long2) != "miss" or len(rows) != 1:
+        fail(expected=f"잘린 답은 캐시하지 않음: 같은 질문을 CACHE_TTL_SECONDS={BUDGET_TTL:g} 안에 다시 물으면 X-Cache: miss, "
+                      "업스트림 호출 1번",
+             measured=f"{long2.short()}, X-Cache {xcache(long2)}, 업스트림 호출 {len(rows)}번",
+             hint="lesson.ipynb §14 '토큰 예산' — 캐시에 둘 답을 고르는 곳(cacheable)에서 잘린 답(finish_reason "
+                  "MAX_TOKENS)을 빼세요. 캐시하면 TTL 동안 모두가 잘린 답을 받습니다.")
+    if body_field(long2, "truncated") is not True:
+        fail(expected="다시 물은 잘린 답도 \"truncated\": true", measured=f"truncated={body_field(long2, 'truncated')!r}")
+
+    # 4) 메트릭: 비용 카운터는 실제 토큰 x 가격표만큼, 잘린 답 카운터는 잘린 답 수만큼.
+    time.sleep(0.2)
+    metrics_after = scrape_text(s)
+    price = price_for(BUDGET_MODEL)
+    want_cost = sum(int(r.get("input_tokens") or 0) * price.input_usd_per_1m
+                    + (int(r.get("output_tokens") or 0) + int(r.get("thoughts_tokens") or 0)) * price.output_usd_per_1m
+                    for r in calls) / 1e6
+    got_cost = (osup.metric_sum(metrics_after, "llm_cost_usd_total", gen_ai_request_model=BUDGET_MODEL)
+                - osup.metric_sum(metrics_before, "llm_cost_usd_total", gen_ai_request_model=BUDGET_MODEL))
+    record("cost_usd", {"service": got_cost, "expected": want_cost, "calls": len(calls)})
+    if not math.isclose(got_cost, want_cost, rel_tol=1e-6, abs_tol=1e-12):
+        tokens = [(r.get("input_tokens"), r.get("output_tokens")) for r in calls]
+        fail(expected=f"이 검사의 업스트림 호출 {len(calls)}번 동안 llm_cost_usd_total{{gen_ai_request_model="
+                      f"\"{BUDGET_MODEL}\"}} 의 증가량 = (입력 토큰 x {price.input_usd_per_1m:g} + 출력 토큰 x "
+                      f"{price.output_usd_per_1m:g}) / 1e6 = {want_cost:.8f} USD (캐시 적중은 0)",
+             measured=f"{got_cost:.8f} USD (시뮬레이터의 (입력, 출력) 토큰 {tokens})")
+    truncated_n = sum(1 for r in (long1, long2) if body_field(r, "truncated") is True)
+    got_trunc = (osup.metric_sum(metrics_after, "llm_truncated_answers_total")
+                 - osup.metric_sum(metrics_before, "llm_truncated_answers_total"))
+    record("llm_truncated_answers_total", got_trunc)
+    if got_trunc != truncated_n:
+        fail(expected=f"/metrics 의 llm_truncated_answers_total 이 잘린 답 수({truncated_n})만큼 오름",
+             measured=f"{got_trunc:g} 오름",
+             hint="lesson.ipynb §14 '토큰 예산' — 잘린 답마다 llm.truncated_answers 카운터(Prometheus "
+                  "llm_truncated_answers_total{gen_ai_request_model})를 1 올리세요: 상한이 너무 낮으면 여기서 보입니다.")
