@@ -1217,14 +1217,14 @@ def test_batching(batch_service, simulator):
     seen, bad = {}, []
     for name, messages in cases:
         r = send(messages, "batch-invalid")
-        seen[name] = r.short()
-        if r.status != 422 or not osup.documented_error(r.body):
+        seen[name] = f"HTTP {r.status}"
+        if r.status != 422 or not (osup.documented_error(r.body) or isinstance(body_field(r, "detail"), list)):
             bad.append(f"{name}: {r.short()}")
     sent_upstream = upstream_calls(simulator) - before
     record("invalid", seen)
     if bad:
         fail(expected=f"BATCH_MAX_ITEMS={BATCH_MAX_ITEMS} 를 넘는 항목, 공백뿐인 항목, 빈 목록은 배치 전체가 422 "
-                      "(문서화된 검증 오류 JSON)",
+                      "(FastAPI 의 검증 오류 JSON {\"detail\": [...]}, /chat 과 같음)",
              measured="; ".join(bad),
              hint="lesson.ipynb §13 '배치 처리' — BatchRequest 의 messages 에 min_length=1 과 max_length="
                   "BATCH_MAX_ITEMS 를 걸고, 각 항목은 ChatRequest.message 처럼 검증하세요 (1..MAX_MESSAGE_CHARS, "
