@@ -144,7 +144,7 @@ def ab_service(step_dir, tmp_path_factory, simulator, redis_srv):
     env = service_env(simulator, root, AB_EXPERIMENT=EXPERIMENT, AB_VARIANTS=json.dumps(VARIANTS),
                       CACHE_TTL_SECONDS="45", REDIS_URL=redis_srv.url, PROMPT_VERSION="v1")
     with ExitStack() as stack:
-        (svc,) = start_services(step_dir, root, stack, [("A/B 검사용", env)])
+        (svc,) = start_services(step_dir, root, stack, [("AB-검사용", env)])
         client = stack.enter_context(httpx.Client())
         yield AbService(svc, svc.cwd, client)
     simulator.reset(config=True)
