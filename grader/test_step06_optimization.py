@@ -1288,6 +1288,7 @@ MAX_OUTPUT = 40                              # MAX_OUTPUT_TOKENS (기본 1024)
 BUDGET_TTL = 3.0                             # CACHE_TTL_SECONDS: 잘린 답이 캐시되는지 보려고 캐시를 켬
 Q_LONG = "요금제는 어떻게 되나요?"            # 보통 답이 40 토큰보다 긺 (상한에서 잘림)
 Q_SHORT = "무료 크레딧은 얼마나 주나요?"       # 답이 40 토큰보다 짧음 (잘리지 않음, 캐시됨)
+Q_FALLBACK = "스트리밍 응답을 지원하나요?"     # Fallback 모델의 보통 답도 40 토큰보다 긺
 
 
 @pytest.fixture(scope="module")
@@ -1391,7 +1392,28 @@ def test_token_budget(budget_service, simulator):
     if body_field(long2, "truncated") is not True:
         fail(expected="다시 물은 잘린 답도 \"truncated\": true", measured=f"truncated={body_field(long2, 'truncated')!r}")
 
-    # 4) 메트릭: 비용 카운터는 실제 토큰 x 가격표만큼, 잘린 답 카운터는 잘린 답 수만큼.
+    # 4) Fallback 클라이언트에도 상한: 주 모델이 다운(503)이면 Fallback 모델이 답하고, 그 답도 40 토큰에서 잘림.
+    seq = osup.last_seq(simulator)
+    simulator.configure(fault_models=[BUDGET_MODEL], error_503_rate=1.0)
+    try:
+        fb = osup.chat(s.client, s.svc.base_url, SERVICE_KEY, Q_FALLBACK, timeout=DEADLINE + 2,
+                       rid=rid("budget-fallback"))
+    finally:
+        simulator.configure(fault_models=None, error_503_rate=0.0)
+    rows = [row for row in osup.rows_since(simulator, seq) if row.get("model") == FALLBACK]
+    record("fallback", f"{fb.short()}, model={body_field(fb, 'model')!r}, truncated={body_field(fb, 'truncated')!r}; "
+                       f"{sim_row(rows)}")
+    if fb.status != 200 or body_field(fb, "model") != FALLBACK or not rows:
+        blocked("step06.fallback", measured=f"주 모델이 다운(503)일 때 {fb.short()}, model={body_field(fb, 'model')!r} "
+                                            f"(기대: Fallback 모델 {FALLBACK} 의 답)")
+    if rows[-1].get("finish_reason") != "MAX_TOKENS" or body_field(fb, "truncated") is not True:
+        fail(expected=f"Fallback 모델({FALLBACK})의 호출에도 MAX_OUTPUT_TOKENS={MAX_OUTPUT}: 긴 답이 잘리고 "
+                      "\"truncated\": true",
+             measured=f"truncated={body_field(fb, 'truncated')!r}; {sim_row(rows)}",
+             hint="lesson.ipynb §14 '토큰 예산' — 상한은 주 모델만이 아니라 Fallback (과 카나리) 클라이언트에도 "
+                  "max_output_tokens=MAX_OUTPUT_TOKENS 로 거세요. 장애 때 비용이 갑자기 늘면 안 됩니다.")
+
+    # 5) 메트릭: 비용 카운터는 실제 토큰 x 가격표만큼, 잘린 답 카운터는 잘린 답 수만큼.
     time.sleep(0.2)
     metrics_after = scrape_text(s)
     price = price_for(BUDGET_MODEL)
@@ -1407,7 +1429,7 @@ def test_token_budget(budget_service, simulator):
                       f"\"{BUDGET_MODEL}\"}} 의 증가량 = (입력 토큰 x {price.input_usd_per_1m:g} + 출력 토큰 x "
                       f"{price.output_usd_per_1m:g}) / 1e6 = {want_cost:.8f} USD (캐시 적중은 0)",
              measured=f"{got_cost:.8f} USD (시뮬레이터의 (입력, 출력) 토큰 {tokens})")
-    truncated_n = sum(1 for r in (long1, long2) if body_field(r, "truncated") is True)
+    truncated_n = sum(1 for r in (long1, long2, fb) if body_field(r, "truncated") is True)
     got_trunc = (osup.metric_sum(metrics_after, "llm_truncated_answers_total")
                  - osup.metric_sum(metrics_before, "llm_truncated_answers_total"))
     record("llm_truncated_answers_total", got_trunc)
