@@ -27,7 +27,7 @@ import orjson
 
 from . import errors
 from .config import DEFAULTS, ConfigError, validate
-from . import knowledge
+from . import embeddings, knowledge
 from .evaluation import grade, judge_request
 from .generate import OUTCOMES
 from .generate import answer_with_rules
@@ -104,6 +104,7 @@ class Simulator:
             # answer streams: started; completed = the last chunk was sent; abandoned = the client left first
             # (a stream_cut fault is neither: it is counted in faults)
             "streams": {"started": 0, "completed": 0, "abandoned": 0},
+            "embeddings": embeddings.new_counters(),     # embedContent / batchEmbedContents
         }
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +183,9 @@ class Simulator:
         if model is None or action is None:
             await self._models_get(model, method, send)
             return
+        if action in embeddings.ACTIONS:
+            await self._embed(scope, receive, send, version, model, action, method)
+            return
         self._inc("by_action", action if action in _ACTIONS else "unknown")
         self._inc("by_model", model)
         request_id = _header(scope, b"x-request-id")
@@ -244,6 +248,24 @@ class Simulator:
                     return await reply({"error": str(exc)}, 400)
             return await reply({"error": f"{method} 는 지원하지 않습니다 (GET 또는 PATCH)"}, 405)
         return await reply({"error": f"알 수 없는 관리 경로: {path}"}, 404)
+
+    # ---- embeddings (coursekit/simulator/embeddings.py) ---------------------------------
+    async def _embed(self, scope, receive, send, version, model, action, method):
+        """embedContent / batchEmbedContents: key check like generate, then embeddings.respond.
+        Not in by_model, in_flight, quotas or fault injection; counted in by_action, by_key, by_status
+        and the `embeddings` block of the stats."""
+        self._inc("by_action", action)
+        if method != "POST":
+            return await self._send(send, *errors.method_not_allowed(method))
+        qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        key = _header(scope, b"x-goog-api-key") or (qs.get("key") or [""])[0]
+        if not key:
+            return await self._send(send, *errors.api_key_missing())
+        self._inc("by_key", key)
+        if self.config["valid_keys"] is not None and key not in self.config["valid_keys"]:
+            return await self._send(send, *errors.api_key_invalid())
+        raw = await _read_body(receive)
+        await self._send(send, *embeddings.respond(self.counters["embeddings"], version, model, action, raw))
 
     # ---- models list / get -------------------------------------------------------
     def _model_info(self, name: str) -> dict:
