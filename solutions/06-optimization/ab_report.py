@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 
 FEEDBACK_METRIC = "llm_experiment_feedback_total"
@@ -186,12 +187,24 @@ def report(experiment: str, result: Decision, alpha: float, min_samples: int) ->
             "reason": result.reason}
 
 
+def _width(text: str) -> int:
+    """터미널에서 차지하는 칸 수 (한글은 두 칸)."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _row(cells: list[str], widths: tuple[int, ...]) -> str:
+    first, *rest = cells
+    out = first + " " * max(1, widths[0] - _width(first))
+    return out + "".join(" " * max(1, w - _width(c)) + c for c, w in zip(rest, widths[1:], strict=True))
+
+
 def render_text(data: dict) -> str:
+    widths = (20, 8, 8, 9, 13)
     lines = [f"실험: {data['experiment']}  (alpha {data['alpha']:g}, 변이마다 최소 평가 {data['min_samples']}개)",
-             f"{'변이':<20}{'좋아요':>8}{'싫어요':>8}{'평가 수':>8}{'좋아요 비율':>12}"]
+             _row(["변이", "좋아요", "싫어요", "평가 수", "좋아요 비율"], widths)]
     for name, s in data["variants"].items():
         rate = f"{s['up_rate']:.1%}" if s["up_rate"] is not None else "-"
-        lines.append(f"{name:<20}{s['up']:>8}{s['down']:>8}{s['n']:>8}{rate:>12}")
+        lines.append(_row([name, str(s["up"]), str(s["down"]), str(s["n"]), rate], widths))
     head = DECISION_TEXT.get(data["decision"], data["decision"])
     if data["winner"]:
         head += f" -> {data['winner']}"
@@ -209,10 +222,10 @@ class KoreanArgumentParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = KoreanArgumentParser(prog="python -m ab_report",
                                   description="A/B 테스트의 피드백을 Fisher 정확 검정으로 비교합니다 (lesson §15).")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--metrics-url", help="복제본 하나의 /metrics 주소 (예: http://127.0.0.1:8000/metrics)")
-    source.add_argument("--prometheus", help="Prometheus 주소 (예: http://127.0.0.1:9090): 모든 복제본을 더함")
-    parser.add_argument("--experiment", help="실험 이름 (AB_EXPERIMENT). 메트릭에 실험이 하나뿐이면 생략 가능")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--metrics-url", metavar="URL", help="복제본 하나의 /metrics 주소 (예: http://127.0.0.1:8000/metrics)")
+    source.add_argument("--prometheus", metavar="URL", help="Prometheus 주소 (예: http://127.0.0.1:9090): 모든 복제본을 더함")
+    parser.add_argument("--experiment", metavar="NAME", help="실험 이름 (AB_EXPERIMENT). 메트릭에 실험이 하나뿐이면 생략 가능")
     parser.add_argument("--alpha", type=float, default=0.05, help="유의 수준 (기본 0.05)")
     parser.add_argument("--min-samples", type=int, default=100, help="변이마다 필요한 최소 평가 수 (기본 100)")
     parser.add_argument("--json", action="store_true", help="결과를 JSON 으로")
@@ -222,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not (args.metrics_url or args.prometheus):
+        parser.error("--metrics-url (복제본 하나의 /metrics) 또는 --prometheus (Prometheus 주소) 중 하나가 필요합니다")
     if not 0 < args.alpha < 1:
         parser.error(f"--alpha 는 0 과 1 사이여야 합니다 (받은 값 {args.alpha})")
     if args.min_samples < 1:
