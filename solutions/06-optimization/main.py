@@ -69,6 +69,19 @@ import caching
 # # TODO 13 (lesson §11 '응답 캐시와 요청 합치기'): caching.py (§11) 와 FastAPI 의 SSE (fastapi.sse 의
 # # EventSourceResponse, ServerSentEvent: §12 '스트리밍') 를 가져오세요.
 # END SOLUTION
+# BEGIN SOLUTION
+from dataclasses import dataclass
+
+from langchain_core.runnables import RunnableLambda
+from pydantic import AfterValidator, model_validator
+from pydantic_settings import NoDecode
+
+import canary
+import experiments
+# STARTER
+# # TODO 19 (lesson §13 '배치 처리'): LangChain 의 RunnableLambda (abatch 가 동시 처리 상한을 지킴)를 가져오세요.
+# # TODO 22, 25 (lesson §15 'A/B 테스트', §16 '카나리 모델 업데이트'): experiments.py 와 canary.py 를 가져오세요.
+# END SOLUTION
 
 logger = logging.getLogger("llm-chat")
 
@@ -137,6 +150,52 @@ class Settings(BaseSettings):
     # STARTER
     # # TODO 13 (lesson §11 '응답 캐시와 요청 합치기'): 설정 cache_ttl_seconds (300, 0 이면 끔)와 cache_max_entries (10000).
     # END SOLUTION
+    # BEGIN SOLUTION
+    # 06단계 2부 (lesson §13~§16). 기본값은 README 의 설정 표와 같습니다.
+    batch_max_items: int = Field(default=16, ge=1)  # POST /chat/batch 하나의 질문 수 상한 (넘으면 422)
+    batch_concurrency: int = Field(default=4, ge=1)  # 배치 하나에서 동시에 업스트림에 가는 질문 수
+    # 토큰 예산 (§14): 답의 출력 토큰 상한 (비우면 상한 없음), 사고(thinking) 토큰 상한 (0 = 사고 없음, 비우면 모델 기본).
+    max_output_tokens: int | None = Field(default=1024, ge=1)
+    thinking_budget: int | None = Field(default=None, ge=0)
+    # A/B 테스트 (§15): 실험 이름 (비우면 끔)과 변이들 (JSON: {"이름": {"prompt_version", "model", "weight"}}).
+    ab_experiment: str = Field(default="", pattern=r"^$|" + experiments.EXPERIMENT_PATTERN)
+    ab_variants: Annotated[dict[str, experiments.Variant], NoDecode] = Field(default_factory=dict)
+    # 카나리 (§16): 새 모델 (비우면 끔), 보낼 몫, 판정 전에 필요한 카나리 결과 수, 창(초), 롤백 규칙의 두 문턱.
+    canary_model: str = ""
+    canary_share: float = Field(default=0.05, gt=0, lt=1)
+    canary_min_requests: int = Field(default=20, ge=1)
+    canary_window_seconds: float = Field(default=300, gt=0)
+    canary_max_error_increase: float = Field(default=0.05, ge=0)
+    canary_max_score_drop: float = Field(default=0.5, ge=0)
+
+    @field_validator("max_output_tokens", "thinking_budget", mode="before")
+    @classmethod
+    def empty_is_no_cap(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("ab_variants", mode="before")
+    @classmethod
+    def variants_json(cls, value):
+        if isinstance(value, (str, bytes)):  # 환경 변수의 JSON (비우면 변이 없음)
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @model_validator(mode="after")
+    def one_change_at_a_time(self):
+        if self.ab_experiment:
+            experiments.validate_variants(self.ab_variants)  # 변이 2개 이상, 몫의 합 1 (아니면 시작하지 않음)
+            if self.canary_model:
+                raise ValueError("AB_EXPERIMENT 와 CANARY_MODEL 을 함께 켤 수 없습니다: 한 번에 하나만 바꾸세요 "
+                                 "(둘이 겹치면 어느 변화가 결과를 바꿨는지 알 수 없습니다)")
+        return self
+    # STARTER
+    # # TODO 19 (lesson §13 '배치 처리'): 설정 batch_max_items (16), batch_concurrency (4).
+    # # TODO 20 (lesson §14 '토큰 예산'): max_output_tokens (1024, 비우면 None = 상한 없음), thinking_budget (None).
+    # # TODO 22 (lesson §15 'A/B 테스트'): ab_experiment ("" = 끔), ab_variants (JSON, experiments.Variant).
+    # # TODO 25 (lesson §16 '카나리 모델 업데이트'): canary_model (""), canary_share (0.05), canary_min_requests (20),
+    # # canary_window_seconds (300), canary_max_error_increase (0.05), canary_max_score_drop (0.5).
+    # # A/B 와 카나리를 함께 켜면 서비스가 시작하지 않게 하세요 (한 번에 하나만 바꿈).
+    # END SOLUTION
 
     @field_validator("google_api_key", "service_api_key")
     @classmethod
@@ -166,6 +225,13 @@ def load_prompt(version: str) -> str:
 
 
 SYSTEM_PROMPT = load_prompt(settings.prompt_version)
+# BEGIN SOLUTION
+# A/B 실험의 변이마다 시스템 프롬프트 (lesson §15): 파일이 없는 변이가 있으면 서비스가 시작하지 않습니다.
+VARIANT_PROMPTS = experiments.check_prompts(settings.ab_variants, load_prompt) if settings.ab_experiment else {}
+# STARTER
+# # TODO 22 (lesson §15 'A/B 테스트'): 실험이 켜져 있으면 변이마다 프롬프트를 시작할 때 읽으세요
+# # (experiments.check_prompts(settings.ab_variants, load_prompt)).
+# END SOLUTION
 
 # 관측 설정 (앱을 만들기 전에): JSON 로그, LangSmith 숨기기, Sentry, 추적. 키는 Sentry 이벤트에서 가릴 값으로만 넘깁니다.
 observability.configure_logging(settings.log_dir, settings.log_level)
@@ -235,6 +301,13 @@ class ChatResponse(BaseModel):
     # STARTER
     # # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 캐시에서 온 답을 표시할 필드 cached: bool (기본 False).
     # END SOLUTION
+    # BEGIN SOLUTION
+    truncated: bool = Field(default=False, description="답이 MAX_OUTPUT_TOKENS 에서 잘렸으면 true (finish_reason MAX_TOKENS)")
+    variant: str | None = Field(default=None, description="A/B 실험이 켜져 있으면 이 답을 낸 변이 (헤더 X-Variant 와 같음)")
+    # STARTER
+    # # TODO 20 (lesson §14 '토큰 예산'): 잘린 답을 표시할 필드 truncated: bool (기본 False).
+    # # TODO 22 (lesson §15 'A/B 테스트'): 답한 변이 variant: str | None (기본 None).
+    # END SOLUTION
 
 
 class ErrorDetail(BaseModel):
@@ -272,6 +345,52 @@ class FeedbackResponse(BaseModel):
     response_id: str
     rating: str
     recorded: bool = Field(description="피드백을 기록했는지 (항상 true)")
+# BEGIN SOLUTION
+
+
+def not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("메시지가 비어 있습니다 (공백만 있음)")
+    return value
+
+
+# 배치의 질문 하나: ChatRequest.message 와 같은 규칙 (1~MAX_MESSAGE_CHARS 자, 공백만은 안 됨)
+BatchMessage = Annotated[str, Field(min_length=1, max_length=settings.max_message_chars), AfterValidator(not_blank)]
+
+
+class BatchRequest(BaseModel):
+    """POST /chat/batch 요청 본문 (lesson §13): 질문 1~BATCH_MAX_ITEMS 개. 하나라도 틀리면 422 (아무것도 묻지 않음)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"messages": ["MLOps 가 무엇인가요?", "요금제가 어떻게 돼요?"]}]},
+    )
+
+    messages: list[BatchMessage] = Field(min_length=1, max_length=settings.batch_max_items,
+                                         description=f"질문들 (1~{settings.batch_max_items}개, 결과는 같은 순서)")
+    user_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$", description="선택: 사용자 id")
+
+
+class BatchAnswer(ChatResponse):
+    """배치의 결과 하나: 성공 (ChatResponse 와 같은 필드)."""
+
+    ok: Literal[True] = True
+
+
+class BatchFailure(BaseModel):
+    """배치의 결과 하나: 실패 (/chat 이라면 냈을 오류의 code 와 message). 다른 질문의 결과는 그대로."""
+
+    ok: Literal[False] = False
+    error: ErrorDetail
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchAnswer | BatchFailure] = Field(description="messages 와 같은 순서의 결과")
+# STARTER
+# # TODO 19 (lesson §13 '배치 처리'): 본문 BatchRequest (messages: 1~BATCH_MAX_ITEMS 개, 각각 ChatRequest.message 와
+# # 같은 규칙, 선택 user_id)와 응답 BatchResponse (results: 성공 {"ok": true, ...ChatResponse} 또는 실패
+# # {"ok": false, "error": {"code", "message"}}) 를 만드세요.
+# END SOLUTION
 
 
 class ApiError(Exception):
@@ -512,6 +631,21 @@ PRIMARY_CIRCUIT = pybreaker.CircuitBreaker(fail_max=settings.circuit_fail_max,
                                            exclude=[lambda exc: not counts_against_circuit(exc)], name="primary")
 
 
+def circuit(model: str) -> pybreaker.CircuitBreaker:
+    """모델마다 회로 하나: LLM_MODEL 은 PRIMARY_CIRCUIT, A/B 변이나 카나리의 다른 모델은 따로 (카나리의 실패가
+    지금 모델의 회로를 열지 않게)."""
+    if model == settings.llm_model:
+        return PRIMARY_CIRCUIT
+    if model not in OTHER_CIRCUITS:
+        OTHER_CIRCUITS[model] = pybreaker.CircuitBreaker(
+            fail_max=settings.circuit_fail_max, reset_timeout=settings.circuit_reset_seconds,
+            exclude=[lambda exc: not counts_against_circuit(exc)], name=model)
+    return OTHER_CIRCUITS[model]
+
+
+OTHER_CIRCUITS: dict[str, pybreaker.CircuitBreaker] = {}
+
+
 async def guarded_attempt(breaker: pybreaker.CircuitBreaker, llm, messages: list, model: str, count):
     """주 모델 시도 하나를 회로 차단기로 감쌉니다 (pybreaker 의 동기 calling() 은 await 를 감쌀 수 있음)."""
     entered = False
@@ -535,8 +669,9 @@ def fallback_reason(exc: BaseException) -> str | None:
     return "error" if retryable(exc) else None
 
 
-async def answer_with_fallback(llm, messages: list):
+async def answer_with_fallback(llm, messages: list, model: str | None = None):
     """주 모델(회로 차단기) -> 실패하면 Fallback 모델, 둘 다 요청의 데드라인 안에서. 돌려주는 값: (답, 답한 모델).
+    model = 주 모델의 이름 (llm 의 모델: 기본 LLM_MODEL, A/B 변이나 카나리면 그 모델).
 
     주 모델은 `데드라인 - FALLBACK_RESERVE_SECONDS` 까지만 새 시도를 시작합니다. 그때까지 답이 없으면 진행 중인 시도를
     끊지 않고 Fallback 을 함께 부르고(hedge), 데드라인 안에 먼저 온 답을 씁니다 (다른 쪽은 취소). 주 모델이 그보다 먼저
@@ -544,21 +679,22 @@ async def answer_with_fallback(llm, messages: list):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.request_deadline_seconds
     fallback = settings.fallback_model
+    model = model or settings.llm_model
     primary_end = deadline - settings.fallback_reserve_seconds if fallback else deadline
     primary, second = {"attempts": 0}, {"attempts": 0}
     backup = None
-    first = asyncio.create_task(invoke_llm(llm, messages, settings.llm_model, until=deadline, breaker=PRIMARY_CIRCUIT,
+    first = asyncio.create_task(invoke_llm(llm, messages, model, until=deadline, breaker=circuit(model),
                                            capture=False, stats=primary, retry_until=primary_end))
     try:
         await asyncio.wait({first}, timeout=max(0.0, primary_end - loop.time()) if fallback else None)
         if first.done() and first.exception() is None:
-            return first.result(), settings.llm_model
+            return first.result(), model
         failure = first.exception() if first.done() else TimeoutError("주 모델이 Fallback 몫의 시간까지 답하지 않음")
         reason = fallback_reason(failure) if fallback else None
         if reason is None:
             capture_failure(failure)
             raise failure
-        telemetry.record_fallback(settings.llm_model, reason)
+        telemetry.record_fallback(model, reason)
         observability.note(fallback_reason=reason)
         backup = asyncio.create_task(invoke_llm(app.state.fallback_llm, messages, fallback, until=deadline,
                                                 capture=False, stats=second))
@@ -567,7 +703,7 @@ async def answer_with_fallback(llm, messages: list):
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task.exception() is None:
-                    return task.result(), (settings.llm_model if task is first else fallback)
+                    return task.result(), (model if task is first else fallback)
         failure = backup.exception()  # 둘 다 실패: Fallback 의 실패가 요청의 실패
         capture_failure(failure)
         raise failure
@@ -591,35 +727,44 @@ def capture_failure(exc: BaseException) -> None:
 # BEGIN SOLUTION
 
 
-def cacheable(reply, answered_by: str) -> bool:
-    """캐시에 둘 답: 주 모델의 답(Fallback 의 답은 아님), 비지 않았고, 거절이 아닌 답. 오류는 여기까지 오지 않습니다."""
-    return answered_by == settings.llm_model and bool(reply.text.strip()) and not quality.is_refusal(reply.text)
+def is_truncated(reply) -> bool:
+    """MAX_OUTPUT_TOKENS 에서 잘린 답 (lesson §14): finish_reason MAX_TOKENS."""
+    return str((reply.response_metadata or {}).get("finish_reason") or "").upper() == "MAX_TOKENS"
 
 
-async def answer_cached(llm, message: str):
+def cacheable(reply, answered_by: str, primary: str) -> bool:
+    """캐시에 둘 답: 주 모델(primary: LLM_MODEL, 변이나 카나리의 모델)의 답(Fallback 의 답은 아님), 비지 않았고, 거절이
+    아니고, 잘리지 않은 답. 오류는 여기까지 오지 않습니다."""
+    if is_truncated(reply):  # 잘린 답은 절대 (lesson §14): 다음에 물으면 다시 업스트림에
+        return False
+    return answered_by == primary and bool(reply.text.strip()) and not quality.is_refusal(reply.text)
+
+
+async def answer_cached(llm, message: str, route: "Route | None" = None):
     """응답 캐시와 요청 합치기 (lesson §11). 돌려주는 값: (답, 답한 모델, 캐시 결과 "hit" | "miss" | "coalesced").
     캐시가 꺼져 있으면(CACHE_TTL_SECONDS=0) 06단계 1부 그대로 answer_with_fallback 이고 캐시 결과는 None.
 
     hit: 업스트림 호출도, 토큰과 비용 기록도 없음. miss: 이 요청이 업스트림에 묻고(합치기의 leader), 답이 cacheable 이면
     캐시에 둠. coalesced: 같은 질문이 진행 중이라 그 답을 함께 받음 (실패도 함께 받고, 캐시에는 아무것도 두지 않음)."""
-    messages = [SystemMessage(SYSTEM_PROMPT), HumanMessage(message)]
+    route = route or default_route(llm)  # A/B 변이, 카나리 (lesson §15, §16): 그 모델과 프롬프트로 묻고, 키에도
+    messages = [SystemMessage(route.system_prompt), HumanMessage(message)]
     cache, coalescer = app.state.cache, app.state.coalescer
     if not cache.enabled:
-        reply, answered_by = await answer_with_fallback(llm, messages)
+        reply, answered_by = await answer_with_fallback(route.llm, messages, route.model)
         return reply, answered_by, None
-    key = caching.cache_key(settings.llm_model, settings.prompt_version, message)
+    key = caching.cache_key(route.model, route.prompt_version, message)
     hit = await cache.get(key)
     if hit is not None:
         telemetry.record_cache("hit")
-        observability.note(cache="hit", model=hit["model"], prompt_version=settings.prompt_version, attempts=0)
+        observability.note(cache="hit", model=hit["model"], prompt_version=route.prompt_version, attempts=0)
         return AIMessage(content=hit["response"], usage_metadata=hit["usage"]), hit["model"], "hit"
 
     async def ask_upstream():
-        reply, answered_by = await answer_with_fallback(llm, messages)
-        if cacheable(reply, answered_by):
+        reply, answered_by = await answer_with_fallback(route.llm, messages, route.model)
+        if cacheable(reply, answered_by, route.model):
             usage = reply.usage_metadata or {}
             await cache.set(key, {"response": reply.text, "model": answered_by,
-                                  "prompt_version": settings.prompt_version,
+                                  "prompt_version": route.prompt_version,
                                   "usage": {k: int(usage.get(k, 0)) for k in ("input_tokens", "output_tokens",
                                                                                "total_tokens")}})
         return reply, answered_by
@@ -628,7 +773,7 @@ async def answer_cached(llm, message: str):
     telemetry.record_cache(state)
     observability.note(cache=state)
     if state == "coalesced":
-        observability.note(model=settings.llm_model, prompt_version=settings.prompt_version, attempts=0)
+        observability.note(model=route.model, prompt_version=route.prompt_version, attempts=0)
     (reply, answered_by), _ = await coalescer.run(key, ask_upstream)
     return reply, answered_by, state
 # STARTER
@@ -637,10 +782,146 @@ async def answer_cached(llm, message: str):
 # # caching.Coalescer 로 같은 질문을 한 호출로 합쳐 answer_with_fallback 을 부르고 (miss, 함께 기다린 요청은 coalesced),
 # # 주 모델의 비지 않은, 거절이 아닌 답만 캐시에 두세요 (오류, Fallback 의 답, 거절, 빈 답은 절대 두지 않음).
 # # 메트릭 telemetry.record_cache(결과), 로그 줄의 cache. CACHE_TTL_SECONDS=0 이면 answer_with_fallback 그대로 (결과 None).
+# # TODO 20 (lesson §14 '토큰 예산'): 잘린 답(finish_reason MAX_TOKENS)도 절대 캐시에 두지 마세요.
+# END SOLUTION
+# BEGIN SOLUTION
+
+
+def answer_budget() -> dict:
+    """토큰 예산 (lesson §14): 답하는 모델(주, Fallback, 카나리, 변이)의 클라이언트에 넘길 인자. 판정 모델은 아님
+    (판정의 JSON 이 잘리면 점수를 읽을 수 없음). None 이면 모델의 기본값."""
+    return {"max_output_tokens": settings.max_output_tokens, "thinking_budget": settings.thinking_budget}
+
+
+def answer_client(model: str) -> ChatGoogleGenerativeAI:
+    """답하는 모델의 클라이언트 하나: 주 모델과 같은 키, 주소, 시간 초과, 재시도 없음(invoke_llm 이 함), 토큰 예산."""
+    return ChatGoogleGenerativeAI(
+        model=model,
+        api_key=settings.google_api_key,
+        base_url=settings.google_gemini_base_url,
+        timeout=settings.llm_timeout_seconds,
+        max_retries=1,
+        client_args={"event_hooks": {"request": [observability.add_upstream_headers]}},
+        **answer_budget(),
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    """질문 하나가 갈 곳 (lesson §15, §16): 주 모델과 그 클라이언트, 시스템 프롬프트, A/B 변이, 카나리 역할."""
+
+    llm: object
+    model: str
+    prompt_version: str
+    system_prompt: str
+    variant: str | None = None  # A/B 실험이 켜져 있을 때만
+    role: str | None = None  # 카나리가 켜져 있을 때만: "canary" | "baseline"
+
+
+def default_route(llm, role: str | None = None) -> Route:
+    """실험도 카나리도 없는 /chat 의 길: LLM_MODEL 과 PROMPT_VERSION."""
+    return Route(llm=llm, model=settings.llm_model, prompt_version=settings.prompt_version,
+                 system_prompt=SYSTEM_PROMPT, role=role)
+
+
+async def choose_route(llm, user: str) -> Route:
+    """실험이 켜져 있으면 사용자의 변이 (experiments.assign: 해시라서 같은 사용자는 늘 같은 변이), 카나리가 켜져
+    있으면 요청의 CANARY_SHARE 만 카나리 모델로. 둘 다 꺼져 있으면 LLM_MODEL 과 PROMPT_VERSION 그대로."""
+    if settings.ab_experiment:
+        name = experiments.assign(settings.ab_experiment, user, settings.ab_variants)
+        variant = settings.ab_variants[name]
+        model = variant.model or settings.llm_model
+        return Route(llm=app.state.variant_llms.get(name, llm), model=model, prompt_version=variant.prompt_version,
+                     system_prompt=VARIANT_PROMPTS[name], variant=name)
+    gate = app.state.canary
+    if gate.enabled:
+        if await gate.should_route():
+            return Route(llm=app.state.canary_llm, model=settings.canary_model, prompt_version=settings.prompt_version,
+                         system_prompt=SYSTEM_PROMPT, role="canary")
+        telemetry.set_canary_active(not await gate.rolled_back())  # 다른 복제본의 롤백도 게이지에
+        return default_route(llm, role="baseline")
+    return default_route(llm)
+
+
+async def record_outcome(route: Route, ok: bool) -> None:
+    """카나리 판정에 드는 결과 하나 (lesson §16): ok = 보낸 모델이 답함. 결과마다 규칙을 보고, 나쁘면 롤백."""
+    if route.role is None:
+        return
+    gate = app.state.canary
+    gate.record(route.role, ok)
+    telemetry.record_canary(route.role, ok)
+    reason = await gate.check()
+    if reason is not None:  # 이 복제본이 롤백을 일으킴 (다른 복제본은 Redis 의 상태를 읽고 카나리로 보내지 않음)
+        telemetry.record_canary_rollback(reason)
+
+
+async def answer_routed(req: ChatRequest, llm, response: Response, user: str) -> ChatResponse:
+    """질문 하나의 길 전체 = /chat 과 /chat/batch 의 항목 하나 (lesson §13): 변이와 카나리 고르기 (§15, §16) ->
+    answer_one (캐시, 재시도, Fallback, 토큰 예산, 응답 id, 메트릭) -> 카나리 결과, 실험 메트릭, 헤더.
+    실패는 ApiError (/chat 은 그 JSON 으로 답하고, 배치는 그 항목의 결과로 둠)."""
+    route = await choose_route(llm, user)
+    if route.variant is not None:
+        observability.note(experiment=settings.ab_experiment, variant=route.variant)
+        response.headers["X-Variant"] = route.variant
+    if route.role is not None:
+        observability.note(canary=route.role == "canary")
+    try:
+        answer = await answer_one(req, route.llm, response, route)
+    except ApiError as exc:
+        if exc.status_code >= 500:  # 업스트림 오류로 끝남 (422 content_blocked 는 모델 탓이 아님: 결과로 세지 않음)
+            await record_outcome(route, ok=False)
+        raise
+    if not answer.cached:  # 캐시의 답과 합친 답은 모델을 부르지 않았음: 결과가 아님
+        await record_outcome(route, ok=not answer.fallback)  # Fallback 이 살린 카나리 요청도 카나리의 실패
+    if route.role == "canary":
+        response.headers["X-Canary"] = "true"
+    if route.variant is not None:
+        cost = None if answer.cached else telemetry.call_cost(answer.model, answer.usage.input_tokens,
+                                                              answer.usage.output_tokens)
+        telemetry.record_experiment(settings.ab_experiment, route.variant, cost)
+    return answer
+
+
+async def judge_routed(question: str, answer: str, model: str, route: Route) -> None:
+    """판정 하나 (lesson §7) + 그 점수를 A/B 변이(§15)와 카나리 역할(§16)에도."""
+    score = await judge_answer(question, answer, model)
+    if score is None:
+        return
+    if route.variant is not None:
+        telemetry.record_experiment_judge(settings.ab_experiment, route.variant, score)
+    if route.role is not None and model == route.model:  # Fallback 이 낸 답의 점수는 카나리 모델의 점수가 아님
+        app.state.canary.record_score(route.role, score)
+        reason = await app.state.canary.check()
+        if reason is not None:
+            telemetry.record_canary_rollback(reason)
+
+
+def schedule_judge_routed(question: str, answer: str, model: str, route: Route) -> None:
+    """schedule_judge 와 같이 백그라운드 작업으로 (요청의 로그 줄은 바꾸지 않음)."""
+    task = asyncio.create_task(judge_routed(question, answer, model, route), context=observability.background_context())
+    app.state.judge_tasks.add(task)
+    task.add_done_callback(app.state.judge_tasks.discard)
+# STARTER
+# # TODO 20 (lesson §14 '토큰 예산'): answer_budget() -> {"max_output_tokens": MAX_OUTPUT_TOKENS, "thinking_budget":
+# # THINKING_BUDGET} 를 답하는 모델의 클라이언트(주, Fallback, 카나리)에 넘기세요 (판정 모델은 아님).
+# # TODO 22 (lesson §15 'A/B 테스트'): 질문 하나가 갈 곳(Route: 모델, 클라이언트, 프롬프트, 변이)을 고르는
+# # choose_route(llm, user) 를 만드세요: experiments.assign(AB_EXPERIMENT, user, AB_VARIANTS) 의 변이.
+# # 캐시의 키에도 변이의 모델과 프롬프트 버전을. 헤더 X-Variant, 로그 줄의 experiment, variant, 메트릭
+# # telemetry.record_experiment (답마다, 새로 낸 비용과 함께), 판정 점수도 변이별로.
+# # TODO 25 (lesson §16 '카나리 모델 업데이트'): 카나리가 켜져 있으면 await canary.should_route() 로 CANARY_MODEL 에,
+# # 결과(ok = 보낸 모델이 답함, 실패 = 5xx 로 끝남 또는 Fallback 이 답함)를 record(role, ok) 와
+# # telemetry.record_canary 에, 결과마다 await check() (롤백이면 telemetry.record_canary_rollback). 헤더 X-Canary: true,
+# # 로그 줄의 canary.
+# # TODO 19 (lesson §13 '배치 처리'): 이 길 전체를 /chat 과 /chat/batch 가 함께 쓰는 함수 하나로 (복사하지 말 것).
 # END SOLUTION
 
 
-async def judge_answer(question: str, answer: str, answer_model: str) -> None:
+# BEGIN SOLUTION
+async def judge_answer(question: str, answer: str, answer_model: str) -> int | None:
+# STARTER
+# # TODO 22 (lesson §15 'A/B 테스트'): 판정 점수를 돌려주게 하세요 (-> int | None).
+# async def judge_answer(question: str, answer: str, answer_model: str) -> None:
+# END SOLUTION
     """판정 모델에게 답 하나를 채점시켜 llm.judge.score 에 기록합니다. 실패해도 클라이언트와 상관없습니다
     (응답은 이미 나갔음): 판정 호출의 실패는 gen_ai.client.operation.duration 의 error.type 으로만 보입니다."""
     try:
@@ -652,7 +933,13 @@ async def judge_answer(question: str, answer: str, answer_model: str) -> None:
     if score is None:
         logger.warning("판정 모델의 답을 읽을 수 없습니다: %.200s", reply.text)
         return
+    # BEGIN SOLUTION
     telemetry.record_judge(answer_model, score)
+    return score
+    # STARTER
+    # # TODO 22 (lesson §15 'A/B 테스트'): 점수를 돌려주세요 (변이별, 카나리 역할별 점수에 씀).
+    # telemetry.record_judge(answer_model, score)
+    # END SOLUTION
 
 
 def schedule_judge(question: str, answer: str) -> None:
@@ -678,6 +965,11 @@ async def lifespan(app: FastAPI):
         max_retries=1,
         # 나가는 HTTP 요청마다 traceparent 와 X-Request-ID (httpx2 의 요청 훅).
         client_args={"event_hooks": {"request": [observability.add_upstream_headers]}},
+        # BEGIN SOLUTION
+        **answer_budget(),  # 토큰 예산 (lesson §14): max_output_tokens, thinking_budget
+        # STARTER
+        # # TODO 20 (lesson §14 '토큰 예산'): 답의 토큰 상한과 사고 토큰 상한 (answer_budget()).
+        # END SOLUTION
     )
     # 판정 모델 클라이언트: 같은 키와 주소, 결정적인(temperature 0) JSON 답.
     app.state.judge_llm = judge_llm = ChatGoogleGenerativeAI(
@@ -695,14 +987,7 @@ async def lifespan(app: FastAPI):
     app.state.drift = quality.InputDrift(settings.drift_window)
     # BEGIN SOLUTION
     # 06단계: Fallback 모델 클라이언트 (주 모델과 같은 키와 주소, 재시도는 invoke_llm 이), 한도, 공유 응답 id, 준비 상태.
-    app.state.fallback_llm = ChatGoogleGenerativeAI(
-        model=settings.fallback_model or settings.llm_model,
-        api_key=settings.google_api_key,
-        base_url=settings.google_gemini_base_url,
-        timeout=settings.llm_timeout_seconds,
-        max_retries=1,
-        client_args={"event_hooks": {"request": [observability.add_upstream_headers]}},
-    )
+    app.state.fallback_llm = answer_client(settings.fallback_model or settings.llm_model)
     app.state.limiter = resilience.RateLimiter(settings.rate_limit, settings.redis_url)
     app.state.shared_responses = resilience.SharedResponses(settings.redis_url)
     app.state.in_flight = 0
@@ -718,6 +1003,21 @@ async def lifespan(app: FastAPI):
     # STARTER
     # # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 시작할 때 caching.ResponseCache(CACHE_TTL_SECONDS, CACHE_MAX_ENTRIES,
     # # REDIS_URL) 와 caching.Coalescer() 를 만드세요.
+    # END SOLUTION
+    # BEGIN SOLUTION
+    # 06단계 2부: LLM_MODEL 과 다른 모델을 쓰는 A/B 변이의 클라이언트 (lesson §15), 카나리와 그 클라이언트 (§16).
+    app.state.variant_llms = {name: answer_client(v.model) for name, v in settings.ab_variants.items()
+                              if settings.ab_experiment and v.model and v.model != settings.llm_model}
+    app.state.canary = canary.Canary(
+        settings.canary_model, settings.canary_share, min_requests=settings.canary_min_requests,
+        window_seconds=settings.canary_window_seconds, max_error_increase=settings.canary_max_error_increase,
+        max_score_drop=settings.canary_max_score_drop, redis_url=settings.redis_url)
+    app.state.canary_llm = answer_client(settings.canary_model) if settings.canary_model else None
+    telemetry.set_canary_active(app.state.canary.enabled and not await app.state.canary.rolled_back())
+    # STARTER
+    # # TODO 22 (lesson §15 'A/B 테스트'): 다른 모델을 쓰는 변이마다 클라이언트 하나 (answer_client(모델)).
+    # # TODO 25 (lesson §16 '카나리 모델 업데이트'): canary.Canary(CANARY_MODEL, CANARY_SHARE, ...설정, REDIS_URL) 과
+    # # 카나리 모델의 클라이언트를 만들고, 게이지 llm_canary_active 를 켜세요.
     # END SOLUTION
     yield
     # BEGIN SOLUTION
@@ -741,6 +1041,14 @@ async def lifespan(app: FastAPI):
     await app.state.cache.aclose()
     # STARTER
     # # TODO 17 (lesson §11): 캐시의 Redis 연결도 닫으세요.
+    # END SOLUTION
+    # BEGIN SOLUTION
+    for client in (*app.state.variant_llms.values(), app.state.canary_llm):
+        if client is not None:
+            await client.aclose()
+    await app.state.canary.aclose()
+    # STARTER
+    # # TODO 22, 25 (lesson §15, §16): 변이와 카나리의 클라이언트, 카나리의 Redis 연결도 닫으세요.
     # END SOLUTION
     TRACER_PROVIDER.force_flush()  # 모아 둔 스팬을 지금 내보냄 (BatchSpanProcessor). 프로세스가 끝날 때 SDK 가 shutdown
     import sentry_sdk
@@ -834,6 +1142,11 @@ async def rate_limit(request: Request, response: Response, api_key: Annotated[st
                      _: Annotated[None, Depends(require_api_key)]) -> None:
     """API 키별 한도 (인증 뒤에): 넘으면 429 rate_limited + Retry-After + RateLimit 헤더. 성공 응답에도 RateLimit."""
     decision = await request.app.state.limiter.hit(api_key)
+    enforce(decision, response)
+
+
+def enforce(decision: resilience.Decision | None, response: Response) -> None:
+    """한도 판정을 응답으로: 넘었으면 429, 아니면 RateLimit 헤더. None = 저장소 장애 (fail open)."""
     if decision is None:  # 한도 저장소 장애: fail open (README '한도 저장소가 죽으면')
         return
     if not decision.allowed:
@@ -934,8 +1247,16 @@ async def metrics() -> Response:
     },
 )
 # BEGIN SOLUTION
-async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)],
-               response: Response) -> ChatResponse:
+async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)], response: Response,
+               api_key: Annotated[str | None, Depends(api_key_header)]) -> ChatResponse:
+    """질문 하나. 일은 answer_routed (변이, 카나리) -> answer_one 이 합니다: POST /chat/batch 의 항목도 같은 길 (§13)."""
+    return await answer_routed(req, llm, response, experiments.user_key(req.user_id, api_key or ""))
+
+
+async def answer_one(req: ChatRequest, llm, response: Response, route: Route | None = None) -> ChatResponse:
+    """질문 하나의 답. route = 주 모델과 프롬프트 (A/B 변이, 카나리: 없으면 LLM_MODEL 과 PROMPT_VERSION).
+    실패는 ApiError (/chat 이 내는 상태 코드와 JSON). response 에는 X-Fallback, X-Cache 헤더를 적습니다."""
+    route = route or default_route(llm)
 # STARTER
 # # TODO 4 (lesson §3): 응답 헤더 X-Fallback 을 쓰려면 response: Response 를 받으세요.
 # async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]) -> ChatResponse:
@@ -945,7 +1266,7 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     try:
         # 시스템 지시(프롬프트 버전의 내용)와 사용자 질문을 역할을 나눠 보냅니다.
         # BEGIN SOLUTION
-        reply, answered_by, cache_state = await answer_cached(llm, req.message)
+        reply, answered_by, cache_state = await answer_cached(llm, req.message, route)
         # STARTER
         # # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): answer_with_fallback 으로 (답, 답한 모델)을 받으세요.
         # # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): answer_cached 로 (답, 답한 모델, 캐시 결과)를 받으세요.
@@ -984,8 +1305,8 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     # END SOLUTION
     usage = reply.usage_metadata or {}
     # BEGIN SOLUTION
-    response_id = await app.state.shared_responses.issue()  # REDIS_URL 이 있으면 모든 복제본이 아는 id
-    fallback = answered_by != settings.llm_model
+    response_id = await app.state.shared_responses.issue(route.variant)  # REDIS_URL 이 있으면 모든 복제본이 아는 id
+    fallback = answered_by != route.model
     observability.note(fallback=fallback)
     if fallback:
         response.headers["X-Fallback"] = answered_by
@@ -1000,11 +1321,20 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     # STARTER
     # # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 응답 헤더 X-Cache: hit | miss | coalesced.
     # END SOLUTION
+    # BEGIN SOLUTION
+    truncated = is_truncated(reply)  # MAX_OUTPUT_TOKENS 에서 잘린 답 (lesson §14): 표시하고 세되, 캐시에는 두지 않음
+    if truncated:
+        telemetry.record_truncated(answered_by)
+    observability.note(truncated=truncated, prompt_version=route.prompt_version)
+    # STARTER
+    # # TODO 20 (lesson §14 '토큰 예산'): 잘린 답(finish_reason MAX_TOKENS)을 표시하세요: 응답의 truncated, 로그 줄의
+    # # truncated, 메트릭 telemetry.record_truncated(답한 모델).
+    # END SOLUTION
     telemetry.record_answer(settings.llm_model, refused=quality.is_refusal(reply.text))
     # BEGIN SOLUTION
     # 판정은 업스트림이 새로 낸 답만 (캐시의 답은 이미 판정 기회가 있었음: 같은 답을 다시 채점하면 비용만 듦)
     if cache_state in (None, "miss") and random.random() < settings.judge_sample_rate:
-        schedule_judge(req.message, reply.text)
+        schedule_judge_routed(req.message, reply.text, answered_by, route)  # 점수는 변이와 카나리 역할에도
     # STARTER
     # # TODO 17 (lesson §11): 캐시의 답(hit, coalesced)은 판정하지 마세요.
     # if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
@@ -1023,7 +1353,14 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
         # # TODO 4 (lesson §3): model 은 실제로 답한 모델, fallback 은 Fallback 이 답했는지.
         # model=settings.llm_model,
         # END SOLUTION
-        prompt_version=settings.prompt_version,
+        # BEGIN SOLUTION
+        truncated=truncated,
+        variant=route.variant,
+        prompt_version=route.prompt_version,
+        # STARTER
+        # # TODO 20 (lesson §14): truncated. TODO 22 (lesson §15): 답한 변이와 그 변이의 프롬프트 버전.
+        # prompt_version=settings.prompt_version,
+        # END SOLUTION
         usage=Usage(
             input_tokens=usage.get("input_tokens", 0),
             output_tokens=usage.get("output_tokens", 0),
@@ -1052,7 +1389,7 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
 async def feedback(req: FeedbackRequest) -> FeedbackResponse:
     # 검증(422)은 FastAPI 가 FeedbackRequest 로 먼저 합니다: 잘못된 피드백은 어떤 카운터도 바꾸지 않습니다.
     # BEGIN SOLUTION
-    outcome = await app.state.shared_responses.claim(req.response_id)
+    outcome, variant = await app.state.shared_responses.claim_variant(req.response_id)
     # STARTER
     # # TODO 9 (lesson §7 '로드 밸런서 뒤의 복제본 두 개'): 다른 복제본이 낸 id 도 받도록 공유 저장소에서.
     # outcome = app.state.responses.claim(req.response_id)
@@ -1063,6 +1400,13 @@ async def feedback(req: FeedbackRequest) -> FeedbackResponse:
     if outcome == quality.IssuedResponses.EXISTS:
         raise ApiError(409, "feedback_exists", "이 답에는 이미 피드백이 있습니다.")
     telemetry.record_feedback(req.rating, req.score)  # comment 는 메트릭에 넣지 않습니다
+    # BEGIN SOLUTION
+    if settings.ab_experiment and variant in settings.ab_variants:  # 이 답을 낸 변이에 (설정에 있는 이름만: 라벨이 유한)
+        telemetry.record_experiment_feedback(settings.ab_experiment, variant, req.rating)
+    # STARTER
+    # # TODO 22 (lesson §15 'A/B 테스트'): 이 답을 낸 변이의 피드백으로도 세세요 (telemetry.record_experiment_feedback):
+    # # 응답 id 를 낼 때 변이를 함께 적고(shared_responses.issue(variant)), 받을 때 claim_variant 로 읽음.
+    # END SOLUTION
     return FeedbackResponse(response_id=req.response_id, rating=req.rating, recorded=True)
 # BEGIN SOLUTION
 
@@ -1174,4 +1518,76 @@ async def chat_stream(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, D
 # # 첫 조각은 REQUEST_DEADLINE_SECONDS 안에. 실패하면(끊긴 스트림 포함) event: error {"error": {code, message}} 하나.
 # # 클라이언트가 떠나면 업스트림 스트림을 닫으세요 (contextlib.aclosing). 메트릭 llm_time_to_first_token_seconds,
 # # 토큰과 비용, 로그 줄의 ttft_ms.
+# END SOLUTION
+# BEGIN SOLUTION
+
+
+@app.post(
+    "/chat/batch",
+    response_model=BatchResponse,
+    summary="질문 여러 개를 한 번에 (결과는 같은 순서, 실패한 질문은 그 자리에)",
+    # 한도는 본문을 검증한 뒤 질문 수만큼 (아래), 동시 처리 한도는 배치 하나에 한 자리.
+    dependencies=[Depends(require_api_key), Depends(in_flight_slot)],
+    responses={
+        200: {"description": "results: 질문마다 {\"ok\": true, ...ChatResponse} 또는 {\"ok\": false, \"error\": {code, "
+                             "message}} (code 는 /chat 의 오류 코드). 질문 하나의 실패는 배치를 실패시키지 않음"},
+        401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
+        413: {"model": ErrorResponse, "description": "요청 본문이 64 KiB 초과"},
+        422: {"model": ErrorResponse, "description": "요청 검증 실패 (질문 0개, BATCH_MAX_ITEMS 초과, 빈 질문 하나라도)"},
+        429: {"model": ErrorResponse, "description": "API 키별 한도: 배치는 질문 수만큼 셈, 남은 한도보다 많으면 전체 429"},
+        503: {"model": ErrorResponse, "description": "동시 처리 한도 초과 (overloaded)"},
+    },
+)
+async def chat_batch(req: BatchRequest, request: Request, response: Response,
+                     llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)],
+                     api_key: Annotated[str | None, Depends(api_key_header)]) -> BatchResponse:
+    """배치 처리 (lesson §13): 질문마다 /chat 과 같은 길(answer_routed: 캐시, 재시도와 데드라인, Fallback, 변이, 카나리,
+    토큰 예산)을 LangChain 의 RunnableLambda(...).abatch 로, 한 번에 BATCH_CONCURRENCY 개까지만 업스트림에.
+    질문마다 자기 REQUEST_DEADLINE_SECONDS (배치 전체는 최대 ceil(N / BATCH_CONCURRENCY) 데드라인).
+    실패한 질문은 그 자리에 {"ok": false, "error"} (return_exceptions=True): 500 은 없습니다.
+    요청 로그는 배치에 한 줄 (batch_size, batch_failed): 질문마다의 필드는 적지 않습니다."""
+    enforce(await request.app.state.limiter.hit(api_key, cost=len(req.messages)), response)
+    user = experiments.user_key(req.user_id, api_key or "")
+
+    async def one(message: str) -> ChatResponse:
+        item = ChatRequest(message=message, user_id=req.user_id)
+        # 질문마다 자기 context: 질문들의 로그 필드가 배치의 로그 줄에 섞이지 않게 (배치의 줄은 아래의 요약 하나)
+        return await asyncio.create_task(answer_routed(item, llm, Response(), user),
+                                         context=observability.background_context())
+
+    outcomes = await RunnableLambda(one).abatch(req.messages, config={"max_concurrency": settings.batch_concurrency},
+                                                return_exceptions=True)
+    results = [batch_result(outcome) for outcome in outcomes]
+    failed = sum(1 for r in results if not r.ok)
+    telemetry.record_batch(len(results))
+    observability.note(batch_size=len(results), batch_failed=failed)
+    return BatchResponse(results=results)
+
+
+def batch_result(outcome: ChatResponse | BaseException) -> BatchAnswer | BatchFailure:
+    """질문 하나의 결과: 답, 또는 /chat 이라면 냈을 오류의 code 와 message."""
+    if isinstance(outcome, ChatResponse):
+        return BatchAnswer(**outcome.model_dump())
+    if isinstance(outcome, ApiError):
+        return BatchFailure(error=ErrorDetail(code=outcome.code, message=outcome.message))
+    logger.error("배치의 질문 하나가 예상하지 못한 오류로 실패했습니다", exc_info=outcome)
+    return BatchFailure(error=ErrorDetail(code="internal_error", message="서버 내부 오류가 발생했습니다."))
+
+
+@app.get("/canary", summary="카나리 모델의 상태 (lesson §16)", dependencies=[Depends(require_api_key)],
+         responses={401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"}})
+async def canary_state(request: Request) -> dict:
+    """{"model", "share", "state": "off"|"active"|"rolled_back", "reason", "canary": {requests, errors, error_rate,
+    mean_score}, "baseline": {...}}: 이 복제본의 창 (롤백 상태는 REDIS_URL 이 있으면 모든 복제본이 같음)."""
+    state = await request.app.state.canary.state()
+    telemetry.set_canary_active(state["state"] == "active")
+    return state
+# STARTER
+# # TODO 19 (lesson §13 '배치 처리'): POST /chat/batch 를 만드세요: 인증, 한도는 질문 수만큼
+# # (limiter.hit(api_key, cost=len(messages)): 남은 한도보다 많으면 전체 429), 동시 처리 한도는 배치에 한 자리.
+# # 질문마다 /chat 과 같은 길(answer_routed)을 RunnableLambda(...).abatch(messages, config={"max_concurrency":
+# # BATCH_CONCURRENCY}, return_exceptions=True) 로 (asyncio.gather 는 상한이 없음). 결과는 같은 순서, 실패한 질문은
+# # 그 자리에 {"ok": false, "error": {"code", "message"}} (배치 전체를 실패시키지 말 것). 메트릭
+# # telemetry.record_batch(질문 수), 로그 줄의 batch_size, batch_failed.
+# # TODO 25 (lesson §16 '카나리 모델 업데이트'): GET /canary (서비스 키 필요): await canary.state().
 # END SOLUTION

@@ -106,15 +106,22 @@ class RateLimiter:
     def window_seconds(self) -> int:
         return int(self.item.get_expiry())
 
-    async def hit(self, api_key: str) -> Decision | None:
-        """요청 하나를 셉니다. None = 한도를 재지 못함 (아직 구현 전이거나 저장소 장애: 요청을 통과시킴)."""
+    # BEGIN SOLUTION
+    async def hit(self, api_key: str, cost: int = 1) -> Decision | None:
+        """요청 하나를 셉니다 (cost = 요청 몇 개로 셀지: POST /chat/batch 는 질문 수, lesson §13). 남은 한도가 cost 보다
+        작으면 하나도 세지 않고 거절. None = 한도를 재지 못함 (아직 구현 전이거나 저장소 장애: 요청을 통과시킴)."""
+    # STARTER
+    # # TODO 19 (lesson §13 '배치 처리'): hit(api_key, cost=1): 배치는 질문 수만큼 (limits 의 hit(..., cost=cost)).
+    # async def hit(self, api_key: str) -> Decision | None:
+    #     """요청 하나를 셉니다. None = 한도를 재지 못함 (아직 구현 전이거나 저장소 장애: 요청을 통과시킴)."""
+    # END SOLUTION
         # BEGIN SOLUTION
         who = client_id(api_key)
         if self.redis_url and redis_skipped():
             telemetry.record_ratelimit_error()
             return None
         try:
-            allowed = await self.limiter.hit(self.item, who)
+            allowed = await self.limiter.hit(self.item, who, cost=cost)
             reset_at, remaining = await self.limiter.get_window_stats(self.item, who)
         except Exception as exc:  # Redis 연결 거부, 시간 초과, ...: fail open
             if self.redis_url:
@@ -151,6 +158,14 @@ class SharedResponses:
         self.local = quality.IssuedResponses()
         self.redis = None
         # BEGIN SOLUTION
+        # 06단계 2부 (lesson §15): 응답 id -> 답한 A/B 변이 (프로세스 안, 최근 10 000 개: IssuedResponses 와 같은 수)
+        from cachetools import LRUCache
+
+        self.variants: LRUCache = LRUCache(maxsize=10_000)
+        # STARTER
+        # # TODO 22 (lesson §15 'A/B 테스트'): 응답 id 마다 답한 변이를 기억할 곳 (피드백을 그 변이에 셈).
+        # END SOLUTION
+        # BEGIN SOLUTION
         if redis_url:
             import redis.asyncio
 
@@ -161,12 +176,22 @@ class SharedResponses:
         # # 다른 복제본이 낸 답의 피드백이 404 가 됩니다.
         # END SOLUTION
 
-    async def issue(self) -> str:
+    # BEGIN SOLUTION
+    async def issue(self, variant: str | None = None) -> str:
+        """새 응답 id. variant = 이 답을 낸 A/B 변이 (Redis 값 "issued|<변이>"): /feedback 이 그 변이에 셉니다."""
         response_id = self.local.issue()
+        if variant is not None:
+            self.variants[response_id] = variant
+    # STARTER
+    # # TODO 22 (lesson §15 'A/B 테스트'): issue(variant=None) 이 변이도 함께 적게 하세요 (Redis 값 "issued|<변이>").
+    # async def issue(self) -> str:
+    #     response_id = self.local.issue()
+    # END SOLUTION
         # BEGIN SOLUTION
         if self.redis is not None and not redis_skipped():
             try:
-                await self.redis.set(f"llm-chat:response:{response_id}", "issued", ex=RESPONSE_TTL_SECONDS)
+                value = "issued" if variant is None else f"issued|{variant}"
+                await self.redis.set(f"llm-chat:response:{response_id}", value, ex=RESPONSE_TTL_SECONDS)
             except Exception as exc:
                 redis_failed(exc)
                 telemetry.record_ratelimit_error()
@@ -176,8 +201,14 @@ class SharedResponses:
         # END SOLUTION
         return response_id
 
+    # BEGIN SOLUTION
     async def claim(self, response_id: str) -> str:
-        # BEGIN SOLUTION
+        """피드백 하나를 받음: UNKNOWN (모르는 id), EXISTS (이미 받음), CLAIMED. 변이까지는 claim_variant."""
+        return (await self.claim_variant(response_id))[0]
+
+    async def claim_variant(self, response_id: str) -> tuple[str, str | None]:
+        """claim 과 같고, 이 답을 낸 A/B 변이도 돌려줍니다 (변이 없이 낸 id, 받지 못한 id 면 None)."""
+        local_variant = self.variants.pop(response_id, None)
         if self.redis is not None and not redis_skipped():
             try:
                 # SET ... XX GET: 있을 때만 "claimed" 로 바꾸고 이전 값을 돌려줌 (원자적: 두 복제본이 동시에 받아도 한 번)
@@ -185,17 +216,25 @@ class SharedResponses:
                                                 keepttl=True)
                 self.local.claim(response_id)
                 if previous is None:
-                    return self.UNKNOWN
-                return self.EXISTS if previous in (b"claimed", "claimed") else self.CLAIMED
+                    return self.UNKNOWN, None
+                previous = previous.decode() if isinstance(previous, bytes) else previous
+                if previous == "claimed":
+                    return self.EXISTS, None
+                _, _, variant = previous.partition("|")
+                return self.CLAIMED, variant or None
             except Exception as exc:
                 redis_failed(exc)
                 telemetry.record_ratelimit_error()
                 logger.warning("Redis 에서 응답 id 를 읽지 못했습니다 (%s): 이 복제본의 기록으로", type(exc).__name__)
-        # STARTER
-        # # TODO 9 (lesson §7): Redis 에서 원자적으로 받으세요: SET <key> claimed XX GET KEEPTTL
-        # # (이전 값 None = 모르는 id, "claimed" = 이미 피드백 있음).
-        # END SOLUTION
-        return self.local.claim(response_id)
+        outcome = self.local.claim(response_id)
+        return outcome, (local_variant if outcome == self.CLAIMED else None)
+    # STARTER
+    # async def claim(self, response_id: str) -> str:
+    #     # TODO 9 (lesson §7): Redis 에서 원자적으로 받으세요: SET <key> claimed XX GET KEEPTTL
+    #     # (이전 값 None = 모르는 id, "claimed" = 이미 피드백 있음).
+    #     # TODO 22 (lesson §15 'A/B 테스트'): claim_variant(response_id) -> (결과, 변이) 도 만드세요.
+    #     return self.local.claim(response_id)
+    # END SOLUTION
 
     async def aclose(self) -> None:
         if self.redis is not None:

@@ -208,6 +208,76 @@ def record_ttft(model: str, seconds: float) -> None:
 # # record_cache(result). TODO 18 (lesson §12 '스트리밍'): 히스토그램 llm.time_to_first_token (단위 s, LLM_BUCKETS,
 # # 라벨 gen_ai.request.model)과 record_ttft(model, seconds).
 # END SOLUTION
+# BEGIN SOLUTION
+
+
+# 06단계 2부: 배치 (lesson §13), 토큰 예산 (§14), A/B 테스트 (§15), 카나리 (§16). Prometheus 이름은
+# llm_batch_size (히스토그램), llm_truncated_answers_total{gen_ai_request_model}, llm_experiment_requests_total{experiment,
+# variant}, llm_experiment_feedback_total{experiment, variant, rating}, llm_experiment_judge_score (히스토그램),
+# llm_experiment_cost_usd_total{experiment, variant}, llm_canary_requests_total{role, outcome},
+# llm_canary_rollbacks_total{reason}, llm_canary_active (게이지). 변이 이름은 설정에 적힌 것만 (사용자 id 는 절대 아님).
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
+batch_size = meter.create_histogram("llm.batch.size", description="POST /chat/batch 하나의 질문 수",
+                                    explicit_bucket_boundaries_advisory=BATCH_BUCKETS)
+truncated_answers = meter.create_counter(
+    "llm.truncated_answers", description="MAX_OUTPUT_TOKENS 에서 잘린 답 (finish_reason MAX_TOKENS)")
+experiment_requests = meter.create_counter("llm.experiment.requests", description="A/B 실험의 변이별 답")
+experiment_feedback = meter.create_counter("llm.experiment.feedback",
+                                           description="A/B 실험의 변이별 피드백 (rating: up/down)")
+experiment_judge_score = meter.create_histogram("llm.experiment.judge_score", description="A/B 실험의 변이별 판정 점수",
+                                                explicit_bucket_boundaries_advisory=SCORE_BUCKETS)
+experiment_cost = meter.create_counter("llm.experiment.cost.usd", description="A/B 실험의 변이별 LLM 비용 (USD)")
+canary_requests = meter.create_counter("llm.canary.requests",
+                                       description="카나리 판정에 든 결과 (role: canary/baseline, outcome: ok/error)")
+canary_rollbacks = meter.create_counter("llm.canary.rollbacks", description="카나리 자동 롤백 (reason: error_rate/quality)")
+canary_active = meter.create_gauge("llm.canary.active", description="1 = 카나리 모델로 요청의 일부를 보내는 중, 0 = 꺼짐/롤백")
+canary_active.set(0)
+
+
+def record_batch(size: int) -> None:
+    batch_size.record(size)
+
+
+def record_truncated(model: str) -> None:
+    truncated_answers.add(1, {"gen_ai.request.model": model})
+
+
+def record_experiment(experiment: str, variant: str, cost: float | None = None) -> None:
+    """답 하나. cost = 이 답을 위해 새로 낸 업스트림 비용 (캐시의 답이면 None: 비용 없음)."""
+    experiment_requests.add(1, {"experiment": experiment, "variant": variant})
+    if cost is not None:
+        experiment_cost.add(cost, {"experiment": experiment, "variant": variant})
+
+
+def record_experiment_feedback(experiment: str, variant: str, rating: str) -> None:
+    experiment_feedback.add(1, {"experiment": experiment, "variant": variant, "rating": rating})
+
+
+def record_experiment_judge(experiment: str, variant: str, score: int) -> None:
+    experiment_judge_score.record(score, {"experiment": experiment, "variant": variant})
+
+
+def record_canary(role: str, ok: bool) -> None:
+    canary_requests.add(1, {"role": role, "outcome": "ok" if ok else "error"})
+
+
+def record_canary_rollback(reason: str) -> None:
+    canary_rollbacks.add(1, {"reason": reason})
+    canary_active.set(0)
+
+
+def set_canary_active(active: bool) -> None:
+    canary_active.set(1 if active else 0)
+
+
+# STARTER
+# # TODO 19 (lesson §13 '배치 처리'): 히스토그램 llm.batch.size (버킷 1, 2, 4, 8, 16, 32, 64)와 record_batch(size).
+# # TODO 20 (lesson §14 '토큰 예산'): 카운터 llm.truncated_answers (라벨 gen_ai.request.model)와 record_truncated(model).
+# # TODO 22 (lesson §15 'A/B 테스트'): llm.experiment.requests, llm.experiment.feedback, llm.experiment.judge_score,
+# # llm.experiment.cost.usd (라벨 experiment, variant, 피드백은 rating 도)와 record_experiment* 함수들.
+# # TODO 25 (lesson §16 '카나리 모델 업데이트'): llm.canary.requests (role, outcome), llm.canary.rollbacks (reason),
+# # 게이지 llm.canary.active 와 record_canary, record_canary_rollback, set_canary_active.
+# END SOLUTION
 
 
 def metrics_body() -> tuple[bytes, str]:

@@ -46,6 +46,8 @@ import prompt_store
 # TODO 1 (lesson §2 '데드라인 있는 재시도'): 06단계의 모듈을 가져오세요: pybreaker (§3), limits (§5), resilience.py (§5, §7).
 # TODO 13 (lesson §11 '응답 캐시와 요청 합치기'): caching.py (§11) 와 FastAPI 의 SSE (fastapi.sse 의
 # EventSourceResponse, ServerSentEvent: §12 '스트리밍') 를 가져오세요.
+# TODO 19 (lesson §13 '배치 처리'): LangChain 의 RunnableLambda (abatch 가 동시 처리 상한을 지킴)를 가져오세요.
+# TODO 22, 25 (lesson §15 'A/B 테스트', §16 '카나리 모델 업데이트'): experiments.py 와 canary.py 를 가져오세요.
 
 logger = logging.getLogger("llm-chat")
 
@@ -82,6 +84,12 @@ class Settings(BaseSettings):
     # circuit_fail_max (5), circuit_reset_seconds (10), rate_limit ("60/minute"), redis_url (None),
     # service_api_keys (SecretStr | None), max_in_flight (32).
     # TODO 13 (lesson §11 '응답 캐시와 요청 합치기'): 설정 cache_ttl_seconds (300, 0 이면 끔)와 cache_max_entries (10000).
+    # TODO 19 (lesson §13 '배치 처리'): 설정 batch_max_items (16), batch_concurrency (4).
+    # TODO 20 (lesson §14 '토큰 예산'): max_output_tokens (1024, 비우면 None = 상한 없음), thinking_budget (None).
+    # TODO 22 (lesson §15 'A/B 테스트'): ab_experiment ("" = 끔), ab_variants (JSON, experiments.Variant).
+    # TODO 25 (lesson §16 '카나리 모델 업데이트'): canary_model (""), canary_share (0.05), canary_min_requests (20),
+    # canary_window_seconds (300), canary_max_error_increase (0.05), canary_max_score_drop (0.5).
+    # A/B 와 카나리를 함께 켜면 서비스가 시작하지 않게 하세요 (한 번에 하나만 바꿈).
 
     @field_validator("google_api_key", "service_api_key")
     @classmethod
@@ -111,6 +119,8 @@ def load_prompt(version: str) -> str:
 
 
 SYSTEM_PROMPT = load_prompt(settings.prompt_version)
+# TODO 22 (lesson §15 'A/B 테스트'): 실험이 켜져 있으면 변이마다 프롬프트를 시작할 때 읽으세요
+# (experiments.check_prompts(settings.ab_variants, load_prompt)).
 
 # 관측 설정 (앱을 만들기 전에): JSON 로그, LangSmith 숨기기, Sentry, 추적. 키는 Sentry 이벤트에서 가릴 값으로만 넘깁니다.
 observability.configure_logging(settings.log_dir, settings.log_level)
@@ -166,6 +176,8 @@ class ChatResponse(BaseModel):
     response_id: str = Field(description="이 답의 id (32자리 16진수): POST /feedback 에 그대로 보냅니다")
     # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): Fallback 이 답한 응답을 표시할 필드 fallback: bool (기본 False).
     # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 캐시에서 온 답을 표시할 필드 cached: bool (기본 False).
+    # TODO 20 (lesson §14 '토큰 예산'): 잘린 답을 표시할 필드 truncated: bool (기본 False).
+    # TODO 22 (lesson §15 'A/B 테스트'): 답한 변이 variant: str | None (기본 None).
 
 
 class ErrorDetail(BaseModel):
@@ -203,6 +215,9 @@ class FeedbackResponse(BaseModel):
     response_id: str
     rating: str
     recorded: bool = Field(description="피드백을 기록했는지 (항상 true)")
+# TODO 19 (lesson §13 '배치 처리'): 본문 BatchRequest (messages: 1~BATCH_MAX_ITEMS 개, 각각 ChatRequest.message 와
+# 같은 규칙, 선택 user_id)와 응답 BatchResponse (results: 성공 {"ok": true, ...ChatResponse} 또는 실패
+# {"ok": false, "error": {"code", "message"}}) 를 만드세요.
 
 
 class ApiError(Exception):
@@ -334,8 +349,21 @@ async def invoke_llm(llm, messages: list, model: str):
 # caching.Coalescer 로 같은 질문을 한 호출로 합쳐 answer_with_fallback 을 부르고 (miss, 함께 기다린 요청은 coalesced),
 # 주 모델의 비지 않은, 거절이 아닌 답만 캐시에 두세요 (오류, Fallback 의 답, 거절, 빈 답은 절대 두지 않음).
 # 메트릭 telemetry.record_cache(결과), 로그 줄의 cache. CACHE_TTL_SECONDS=0 이면 answer_with_fallback 그대로 (결과 None).
+# TODO 20 (lesson §14 '토큰 예산'): 잘린 답(finish_reason MAX_TOKENS)도 절대 캐시에 두지 마세요.
+# TODO 20 (lesson §14 '토큰 예산'): answer_budget() -> {"max_output_tokens": MAX_OUTPUT_TOKENS, "thinking_budget":
+# THINKING_BUDGET} 를 답하는 모델의 클라이언트(주, Fallback, 카나리)에 넘기세요 (판정 모델은 아님).
+# TODO 22 (lesson §15 'A/B 테스트'): 질문 하나가 갈 곳(Route: 모델, 클라이언트, 프롬프트, 변이)을 고르는
+# choose_route(llm, user) 를 만드세요: experiments.assign(AB_EXPERIMENT, user, AB_VARIANTS) 의 변이.
+# 캐시의 키에도 변이의 모델과 프롬프트 버전을. 헤더 X-Variant, 로그 줄의 experiment, variant, 메트릭
+# telemetry.record_experiment (답마다, 새로 낸 비용과 함께), 판정 점수도 변이별로.
+# TODO 25 (lesson §16 '카나리 모델 업데이트'): 카나리가 켜져 있으면 await canary.should_route() 로 CANARY_MODEL 에,
+# 결과(ok = 보낸 모델이 답함, 실패 = 5xx 로 끝남 또는 Fallback 이 답함)를 record(role, ok) 와
+# telemetry.record_canary 에, 결과마다 await check() (롤백이면 telemetry.record_canary_rollback). 헤더 X-Canary: true,
+# 로그 줄의 canary.
+# TODO 19 (lesson §13 '배치 처리'): 이 길 전체를 /chat 과 /chat/batch 가 함께 쓰는 함수 하나로 (복사하지 말 것).
 
 
+# TODO 22 (lesson §15 'A/B 테스트'): 판정 점수를 돌려주게 하세요 (-> int | None).
 async def judge_answer(question: str, answer: str, answer_model: str) -> None:
     """판정 모델에게 답 하나를 채점시켜 llm.judge.score 에 기록합니다. 실패해도 클라이언트와 상관없습니다
     (응답은 이미 나갔음): 판정 호출의 실패는 gen_ai.client.operation.duration 의 error.type 으로만 보입니다."""
@@ -348,6 +376,7 @@ async def judge_answer(question: str, answer: str, answer_model: str) -> None:
     if score is None:
         logger.warning("판정 모델의 답을 읽을 수 없습니다: %.200s", reply.text)
         return
+    # TODO 22 (lesson §15 'A/B 테스트'): 점수를 돌려주세요 (변이별, 카나리 역할별 점수에 씀).
     telemetry.record_judge(answer_model, score)
 
 
@@ -374,6 +403,7 @@ async def lifespan(app: FastAPI):
         max_retries=1,
         # 나가는 HTTP 요청마다 traceparent 와 X-Request-ID (httpx2 의 요청 훅).
         client_args={"event_hooks": {"request": [observability.add_upstream_headers]}},
+        # TODO 20 (lesson §14 '토큰 예산'): 답의 토큰 상한과 사고 토큰 상한 (answer_budget()).
     )
     # 판정 모델 클라이언트: 같은 키와 주소, 결정적인(temperature 0) JSON 답.
     app.state.judge_llm = judge_llm = ChatGoogleGenerativeAI(
@@ -393,6 +423,9 @@ async def lifespan(app: FastAPI):
     # 동시 처리 수(in_flight)와 준비 상태(ready)를 만드세요.
     # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 시작할 때 caching.ResponseCache(CACHE_TTL_SECONDS, CACHE_MAX_ENTRIES,
     # REDIS_URL) 와 caching.Coalescer() 를 만드세요.
+    # TODO 22 (lesson §15 'A/B 테스트'): 다른 모델을 쓰는 변이마다 클라이언트 하나 (answer_client(모델)).
+    # TODO 25 (lesson §16 '카나리 모델 업데이트'): canary.Canary(CANARY_MODEL, CANARY_SHARE, ...설정, REDIS_URL) 과
+    # 카나리 모델의 클라이언트를 만들고, 게이지 llm_canary_active 를 켜세요.
     yield
     # TODO 10 (lesson §8 '우아한 종료와 롤링 재시작'): 종료가 시작되면 /ready 가 503 을 내게 하세요.
     # 종료: 남은 판정 작업을 기다린 뒤(각 작업은 타임아웃과 시도 횟수로 끝이 있음) 클라이언트를 닫습니다.
@@ -402,6 +435,7 @@ async def lifespan(app: FastAPI):
     await app.state.llm.aclose()
     # TODO 10 (lesson §8): Fallback 클라이언트와 한도 저장소(Redis 연결)도 닫으세요.
     # TODO 17 (lesson §11): 캐시의 Redis 연결도 닫으세요.
+    # TODO 22, 25 (lesson §15, §16): 변이와 카나리의 클라이언트, 카나리의 Redis 연결도 닫으세요.
     TRACER_PROVIDER.force_flush()  # 모아 둔 스팬을 지금 내보냄 (BatchSpanProcessor). 프로세스가 끝날 때 SDK 가 shutdown
     import sentry_sdk
 
@@ -533,6 +567,8 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
     # TODO 4 (lesson §3): Fallback 이 답했으면 표시하세요: 헤더 X-Fallback: <모델>, 로그 줄의 fallback.
     response_id = app.state.responses.issue()
     # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 응답 헤더 X-Cache: hit | miss | coalesced.
+    # TODO 20 (lesson §14 '토큰 예산'): 잘린 답(finish_reason MAX_TOKENS)을 표시하세요: 응답의 truncated, 로그 줄의
+    # truncated, 메트릭 telemetry.record_truncated(답한 모델).
     telemetry.record_answer(settings.llm_model, refused=quality.is_refusal(reply.text))
     # TODO 17 (lesson §11): 캐시의 답(hit, coalesced)은 판정하지 마세요.
     if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
@@ -544,6 +580,7 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
         response=reply.text,
         # TODO 4 (lesson §3): model 은 실제로 답한 모델, fallback 은 Fallback 이 답했는지.
         model=settings.llm_model,
+        # TODO 20 (lesson §14): truncated. TODO 22 (lesson §15): 답한 변이와 그 변이의 프롬프트 버전.
         prompt_version=settings.prompt_version,
         usage=Usage(
             input_tokens=usage.get("input_tokens", 0),
@@ -576,6 +613,8 @@ async def feedback(req: FeedbackRequest) -> FeedbackResponse:
     if outcome == quality.IssuedResponses.EXISTS:
         raise ApiError(409, "feedback_exists", "이 답에는 이미 피드백이 있습니다.")
     telemetry.record_feedback(req.rating, req.score)  # comment 는 메트릭에 넣지 않습니다
+    # TODO 22 (lesson §15 'A/B 테스트'): 이 답을 낸 변이의 피드백으로도 세세요 (telemetry.record_experiment_feedback):
+    # 응답 id 를 낼 때 변이를 함께 적고(shared_responses.issue(variant)), 받을 때 claim_variant 로 읽음.
     return FeedbackResponse(response_id=req.response_id, rating=req.rating, recorded=True)
 # TODO 18 (lesson §12 '스트리밍'): POST /chat/stream 을 만드세요: /chat 과 같은 의존성(키, 한도, 동시 처리 한도)과
 # 본문, response_class=EventSourceResponse, ServerSentEvent 를 yield 하는 생성기. llm.astream 의 조각을 오는 대로
@@ -583,3 +622,10 @@ async def feedback(req: FeedbackRequest) -> FeedbackResponse:
 # 첫 조각은 REQUEST_DEADLINE_SECONDS 안에. 실패하면(끊긴 스트림 포함) event: error {"error": {code, message}} 하나.
 # 클라이언트가 떠나면 업스트림 스트림을 닫으세요 (contextlib.aclosing). 메트릭 llm_time_to_first_token_seconds,
 # 토큰과 비용, 로그 줄의 ttft_ms.
+# TODO 19 (lesson §13 '배치 처리'): POST /chat/batch 를 만드세요: 인증, 한도는 질문 수만큼
+# (limiter.hit(api_key, cost=len(messages)): 남은 한도보다 많으면 전체 429), 동시 처리 한도는 배치에 한 자리.
+# 질문마다 /chat 과 같은 길(answer_routed)을 RunnableLambda(...).abatch(messages, config={"max_concurrency":
+# BATCH_CONCURRENCY}, return_exceptions=True) 로 (asyncio.gather 는 상한이 없음). 결과는 같은 순서, 실패한 질문은
+# 그 자리에 {"ok": false, "error": {"code", "message"}} (배치 전체를 실패시키지 말 것). 메트릭
+# telemetry.record_batch(질문 수), 로그 줄의 batch_size, batch_failed.
+# TODO 25 (lesson §16 '카나리 모델 업데이트'): GET /canary (서비스 키 필요): await canary.state().

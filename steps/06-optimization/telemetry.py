@@ -154,6 +154,12 @@ def set_drift(psi: float) -> None:
 # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 카운터 llm.cache.requests (라벨 result: hit, miss, coalesced, error)와
 # record_cache(result). TODO 18 (lesson §12 '스트리밍'): 히스토그램 llm.time_to_first_token (단위 s, LLM_BUCKETS,
 # 라벨 gen_ai.request.model)과 record_ttft(model, seconds).
+# TODO 19 (lesson §13 '배치 처리'): 히스토그램 llm.batch.size (버킷 1, 2, 4, 8, 16, 32, 64)와 record_batch(size).
+# TODO 20 (lesson §14 '토큰 예산'): 카운터 llm.truncated_answers (라벨 gen_ai.request.model)와 record_truncated(model).
+# TODO 22 (lesson §15 'A/B 테스트'): llm.experiment.requests, llm.experiment.feedback, llm.experiment.judge_score,
+# llm.experiment.cost.usd (라벨 experiment, variant, 피드백은 rating 도)와 record_experiment* 함수들.
+# TODO 25 (lesson §16 '카나리 모델 업데이트'): llm.canary.requests (role, outcome), llm.canary.rollbacks (reason),
+# 게이지 llm.canary.active 와 record_canary, record_canary_rollback, set_canary_active.
 
 
 def metrics_body() -> tuple[bytes, str]:
