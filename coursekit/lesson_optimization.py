@@ -9,6 +9,11 @@
     b = lo.burst(widget.url, 100)                              # 100 identical concurrent /ask: X-Cache values
     t = lo.stream_timing(widget.url)                           # POST /ask/stream: first delta vs done
     lo.disconnect_after_first(widget.url)                      # read one delta, leave (simulator: abandoned)
+    bt = lo.batch_timing(widget.url, n=8, sim=sim)             # 8 x POST /ask one by one vs one POST /ask/batch
+    lo.token_summary(sim)                                      # output/thoughts tokens, MAX_TOKENS cuts, cost
+    split = lo.users_split(widget.url, n_users=400)            # A/B: each user_id's variant (X-Variant)
+    lo.variant_quality(sim)                                    # per variant: good/bad answers from the sim's log
+    tl = lo.canary_timeline(widget.url, n=200)                 # per request: canary?, ok? (+ GET /canary)
 
 The demo service lives in coursekit/data/faq_widget_prod/ (copied into the lesson's work folder). Everything
 started here is stopped by PID when the kernel exits and by `lesson.cleanup()`. Messages meant for people
@@ -17,6 +22,7 @@ are Korean.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import math
 import shutil
@@ -32,9 +38,11 @@ import httpx
 
 from . import lesson, sse
 
-__all__ = ["DEMO_SOURCE", "OTHER_KEY", "WIDGET_KEY", "BurstResult", "LoadResult", "StreamTiming", "burst",
-           "disconnect_after_first", "load", "metric", "show", "start_balancer", "start_redis", "start_replicas",
-           "start_widget", "stream_timing"]
+__all__ = ["DEMO_SOURCE", "OTHER_KEY", "WIDGET_KEY", "BatchTiming", "BurstResult", "CanaryTimeline", "LoadResult",
+           "SplitResult", "StreamTiming", "ab_questions", "batch_timing", "burst", "canary_timeline",
+           "disconnect_after_first", "load", "metric", "show", "sim_rows", "start_balancer", "start_redis",
+           "start_replicas", "start_widget", "stream_timing", "token_summary", "users_split", "variant_quality",
+           "widget_prompts"]
 
 DEMO_SOURCE = Path(__file__).resolve().parent / "data" / "faq_widget_prod"
 WIDGET_KEY = "lab-service-key"
@@ -197,7 +205,8 @@ def metric(url: str, name: str) -> float:
     """Sum of the samples called `name` on <url>/metrics (0.0 when none)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
+    # the demo mounts prometheus_client's ASGI app: /metrics answers 307 -> /metrics/ (follow it)
+    text = httpx.get(url.rstrip("/") + "/metrics", timeout=10, follow_redirects=True).text
     return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
 
 
@@ -384,3 +393,291 @@ def disconnect_after_first(url: str, path: str = "/ask/stream", json: Mapping[st
     the tab). Whether the service then stopped its upstream stream shows in the simulator's
     `stats()["streams"]["abandoned"]`."""
     return _read_stream(url, path, json, headers, timeout, stop_after_first=True)
+
+
+# --------------------------------------------------------------------------- batching, token budgets
+def _kb_questions() -> list[str]:
+    from .simulator import knowledge
+
+    return [e.questions[0] for e in knowledge.entries()]
+
+
+def _off_kb_questions() -> list[str]:
+    from .simulator import knowledge
+
+    return list(knowledge.must_refuse())
+
+
+def sim_rows(sim, limit: int | None = None) -> list[dict]:
+    """The simulator's request log (GET /_sim/requests, oldest first, at most its log size of 1000 since the
+    last reset): model, question, system_hash, entry_id, outcome, input/output/thoughts tokens, finish_reason ..."""
+    path = "/_sim/requests" + (f"?limit={limit}" if limit is not None else "")
+    return sim._call("GET", path)["requests"]
+
+
+def token_summary(sim) -> dict[str, Any]:
+    """Totals over the simulator's log since the last reset (answer calls only, judge calls skipped):
+    `requests`, `input_tokens`, `output_tokens`, `thoughts_tokens`, `truncated` (finish_reason MAX_TOKENS)
+    and `cost_usd` (coursekit/data/models.toml prices; thoughts billed as output)."""
+    from .simulator.models import cost_usd
+
+    rows = [r for r in sim_rows(sim) if r.get("judge_verdict") is None]
+    out = {"requests": len(rows), "input_tokens": 0, "output_tokens": 0, "thoughts_tokens": 0, "truncated": 0,
+           "cost_usd": 0.0}
+    for r in rows:
+        out["input_tokens"] += r["input_tokens"] or 0
+        out["output_tokens"] += r["output_tokens"] or 0
+        out["thoughts_tokens"] += r["thoughts_tokens"] or 0
+        out["truncated"] += r["finish_reason"] == "MAX_TOKENS"
+        out["cost_usd"] += cost_usd(r["model"], r["input_tokens"] or 0, r["output_tokens"] or 0,
+                                    r["thoughts_tokens"] or 0)
+    out["cost_usd"] = round(out["cost_usd"], 8)
+    return out
+
+
+@dataclass
+class BatchTiming:
+    """The same `n` questions sent as n POST /ask one after another and as one POST /ask/batch:
+    wall-clock seconds, the batch's status and items, and (with a simulator) the simulator's peak
+    concurrency (`max_in_flight`) and upstream calls of each way."""
+
+    n: int = 0
+    sequential_s: float = math.nan
+    batch_s: float = math.nan
+    batch_status: int = 0
+    results: list[dict] = field(default_factory=list, repr=False)
+    sequential_in_flight: int | None = None
+    batch_in_flight: int | None = None
+    sequential_calls: int | None = None
+    batch_calls: int | None = None
+
+    @property
+    def ok(self) -> int:
+        return sum(bool(r.get("ok")) for r in self.results)
+
+    @property
+    def speedup(self) -> float:
+        return self.sequential_s / self.batch_s if self.batch_s else math.nan
+
+    def summary(self, label: str = "") -> str:
+        peak = ("" if self.batch_in_flight is None else
+                f", 시뮬레이터 최대 동시 요청 {self.sequential_in_flight} → {self.batch_in_flight}, "
+                f"위로 간 호출 {self.sequential_calls} → {self.batch_calls}")
+        return (f"{label}질문 {self.n}개: 하나씩 {self.sequential_s:.2f}s, 배치 한 번 {self.batch_s:.2f}s "
+                f"({self.speedup:.1f}배), 배치 상태 {self.batch_status}, 성공 항목 {self.ok}/{len(self.results)}{peak}")
+
+
+def batch_timing(url: str, n: int = 8, sim=None, questions: Sequence[str] | None = None,
+                 headers: Mapping[str, str] | None = None, timeout: float = 60.0) -> BatchTiming:
+    """Send `n` distinct questions (default: the first n knowledge-base questions) as n sequential POST /ask,
+    then as one POST /ask/batch {"qs": [...]}. With `sim`, its counters are reset before each way to read
+    `max_in_flight` and the upstream calls. Start the widget without a cache (the default) so both ways
+    ask upstream."""
+    qs = list(questions) if questions is not None else _kb_questions()[:n]
+    hdrs = dict(headers) if headers is not None else {"X-API-Key": WIDGET_KEY}
+    out = BatchTiming(n=len(qs))
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        if sim is not None:
+            sim.reset()
+        t = time.monotonic()
+        for q in qs:
+            client.post("/ask", json={"q": q}, headers=hdrs)
+        out.sequential_s = time.monotonic() - t
+        if sim is not None:
+            stats = sim.stats()
+            out.sequential_in_flight, out.sequential_calls = stats["max_in_flight"], sim.upstream_calls()
+            sim.reset()
+        t = time.monotonic()
+        r = client.post("/ask/batch", json={"qs": qs}, headers=hdrs)
+        out.batch_s = time.monotonic() - t
+        out.batch_status = r.status_code
+        out.results = r.json().get("results", []) if r.status_code == 200 else []
+        if sim is not None:
+            stats = sim.stats()
+            out.batch_in_flight, out.batch_calls = stats["max_in_flight"], sim.upstream_calls()
+    return out
+
+
+# --------------------------------------------------------------------------- A/B test
+def widget_prompts() -> dict[str, str]:
+    """The demo's prompt versions (the PROMPTS dict of app.py, read from its source: version -> system text)."""
+    tree = ast.parse((DEMO_SOURCE / "app.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PROMPTS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise lesson.LessonError("데모 app.py 에 PROMPTS 가 없습니다.")
+
+
+def ab_questions(n: int, off_kb_share: float = 0.25) -> list[str]:
+    """`n` questions, round(off_kb_share x n) of them outside the knowledge base (they must be refused),
+    spread evenly; the rest cycle through the knowledge base's questions. Deterministic."""
+    kb, off = _kb_questions(), _off_kb_questions()
+    out, k, o, acc = [], 0, 0, 0.0
+    for _ in range(n):
+        acc += off_kb_share
+        if acc >= 1 - 1e-9:
+            acc -= 1
+            out.append(off[o % len(off)])
+            o += 1
+        else:
+            out.append(kb[k % len(kb)])
+            k += 1
+    return out
+
+
+@dataclass
+class SplitResult:
+    """Every answered request of users_split: (user_id, variant or None, status, question, reply)."""
+
+    rows: list[tuple[str, str | None, int, str, str]] = field(default_factory=list)
+
+    @property
+    def counts(self) -> Counter:
+        """Users per variant (a user counted once, with the variant of their first answer)."""
+        first: dict[str, str | None] = {}
+        for user, variant, *_ in self.rows:
+            first.setdefault(user, variant)
+        return Counter(first.values())
+
+    def shares(self) -> dict[str | None, float]:
+        c = self.counts
+        total = sum(c.values()) or 1
+        return {k: round(v / total, 4) for k, v in sorted(c.items(), key=lambda kv: str(kv[0]))}
+
+    @property
+    def sticky(self) -> bool:
+        """Every user got the same variant on every answer."""
+        seen: dict[str, set] = {}
+        for user, variant, *_ in self.rows:
+            seen.setdefault(user, set()).add(variant)
+        return all(len(v) == 1 for v in seen.values())
+
+    @property
+    def statuses(self) -> Counter:
+        return Counter(r[2] for r in self.rows)
+
+    def summary(self, label: str = "") -> str:
+        users = sum(self.counts.values())
+        return (f"{label}사용자 {users}명, 요청 {len(self.rows)}개, 변형별 사용자 {dict(self.counts)} "
+                f"(비율 {self.shares()}), 매번 같은 변형: {'예' if self.sticky else '아니요'}, "
+                f"상태 {dict(self.statuses)}")
+
+
+def users_split(url: str, n_users: int = 200, repeats: int = 1, prefix: str = "user", off_kb_share: float = 0.25,
+                concurrency: int = 16, headers: Mapping[str, str] | None = None,
+                timeout: float = 30.0) -> SplitResult:
+    """`n_users` users (user_id f"{prefix}-{i}") each ask `repeats` questions (POST /ask with user_id;
+    questions from ab_questions, user i's j-th is question (i + j x n_users)) with `concurrency` requests at a
+    time. Each answer's variant is read from the X-Variant header. The simulator keeps the last 1000 answers
+    for variant_quality: keep n_users x repeats <= 1000 after a reset."""
+    qs = ab_questions(n_users * repeats, off_kb_share)
+    hdrs = dict(headers) if headers is not None else {"X-API-Key": WIDGET_KEY}
+    jobs = [(f"{prefix}-{i}", qs[i + j * n_users]) for j in range(repeats) for i in range(n_users)]
+    result = SplitResult()
+
+    async def main() -> SplitResult:
+        gate = asyncio.Semaphore(concurrency)
+        limits = httpx.Limits(max_connections=concurrency + 5, max_keepalive_connections=concurrency + 5)
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+            async def one(user: str, q: str) -> None:
+                async with gate:
+                    try:
+                        r = await client.post("/ask", json={"q": q, "user_id": user}, headers=hdrs)
+                        reply = r.json().get("reply", "") if r.status_code == 200 else ""
+                        result.rows.append((user, r.headers.get("x-variant"), r.status_code, q, reply))
+                    except httpx.HTTPError:
+                        result.rows.append((user, None, 0, q, ""))
+            await asyncio.gather(*(one(u, q) for u, q in jobs))
+        return result
+
+    return _in_thread(main)
+
+
+def variant_quality(sim, prompts: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per prompt version, from the simulator's own log since the last reset (rows grouped by the hash of
+    their system prompt; judge calls skipped): `n`, `good` (a knowledge-base question answered correctly,
+    or a question outside it refused), `bad` (everything else: wrong, made up, generic, refused wrongly),
+    `good_rate`, `outcomes` (correct/refused/hallucinated/generic) and `output_tokens` (total).
+    Versions with no answers are left out. `prompts`: version -> system text (default: widget_prompts())."""
+    from .simulator.prompts import system_hash
+
+    by_hash = {system_hash(text): name for name, text in (prompts or widget_prompts()).items()}
+    out: dict[str, dict[str, Any]] = {}
+    for r in sim_rows(sim):
+        name = by_hash.get(r.get("system_hash"))
+        if name is None or r.get("judge_verdict") is not None or r.get("outcome") is None:
+            continue
+        v = out.setdefault(name, {"n": 0, "good": 0, "bad": 0, "good_rate": 0.0, "outcomes": Counter(),
+                                  "output_tokens": 0})
+        good = r["outcome"] == "correct" if r.get("entry_id") else r["outcome"] == "refused"
+        v["n"] += 1
+        v["good" if good else "bad"] += 1
+        v["outcomes"][r["outcome"]] += 1
+        v["output_tokens"] += r["output_tokens"] or 0
+    for v in out.values():
+        v["good_rate"] = round(v["good"] / v["n"], 4)
+    return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------- canary
+@dataclass
+class CanaryTimeline:
+    """Requests in the order sent: (i, routed to the canary (X-Canary), ok (HTTP 200), status), and the
+    widget's GET /canary at the end (`state`)."""
+
+    rows: list[tuple[int, bool, bool, int]] = field(default_factory=list)
+    state: dict = field(default_factory=dict)
+
+    @property
+    def canary_requests(self) -> int:
+        return sum(r[1] for r in self.rows)
+
+    @property
+    def errors(self) -> int:
+        return sum(not r[2] for r in self.rows)
+
+    def rolling_error_rate(self, window: int = 20) -> list[float]:
+        """Error rate of the last `window` requests after each request (for a plot over i)."""
+        fails = [not r[2] for r in self.rows]
+        return [sum(fails[max(0, i + 1 - window):i + 1]) / min(window, i + 1) for i in range(len(fails))]
+
+    @property
+    def last_canary(self) -> int | None:
+        """Index of the last request routed to the canary (None if none)."""
+        idx = [r[0] for r in self.rows if r[1]]
+        return idx[-1] if idx else None
+
+    def summary(self, label: str = "") -> str:
+        return (f"{label}요청 {len(self.rows)}개, 카나리로 {self.canary_requests}개, 실패 {self.errors}개, "
+                f"마지막 카나리 요청 #{self.last_canary}, 상태 {self.state.get('state')} "
+                f"(이유 {self.state.get('reason')})")
+
+
+def canary_timeline(url: str, n: int = 200, users: int = 4, questions: Sequence[str] | None = None,
+                    headers: Mapping[str, str] | None = None, timeout: float = 30.0) -> CanaryTimeline:
+    """`n` POST /ask, `users` at a time (request i is sent in order), each recorded as (i, canary?, ok?,
+    status); then GET /canary. Run it with the widget's WIDGET_CANARY_* switches and, for a bad canary,
+    inside `lesson.sim_faults(fault_models=[<canary model>], error_503_rate=1.0)`."""
+    qs = list(questions) if questions is not None else QUESTIONS
+    hdrs = dict(headers) if headers is not None else {"X-API-Key": WIDGET_KEY}
+    out = CanaryTimeline()
+    rows: list = [None] * n
+    counter = iter(range(n))
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=users + 5, max_keepalive_connections=users + 5)
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+            async def user() -> None:
+                for i in counter:
+                    try:
+                        r = await client.post("/ask", json={"q": qs[i % len(qs)]}, headers=hdrs)
+                        rows[i] = (i, r.headers.get("x-canary") == "true", r.status_code == 200, r.status_code)
+                    except httpx.HTTPError:
+                        rows[i] = (i, False, False, 0)
+            await asyncio.gather(*(user() for _ in range(users)))
+            r = await client.get("/canary", headers=hdrs)
+            out.state = r.json() if r.status_code == 200 else {}
+
+    _in_thread(main)
+    out.rows = rows
+    return out

@@ -399,3 +399,133 @@ def test_widget_cache_and_coalescing_with_burst(own_sim):
     assert failed.statuses == [503] and failed.caches == [None]
     assert lo.burst(cached.url, 1, json=q2).caches == ["miss"]                   # the error was not cached
     assert lo.burst(cached.url, 1, json=q2).caches == ["hit"]
+
+
+# ---- lesson helpers for §13–§16 on the demo faq-widget (batching, token budgets, A/B, canary) ---------------
+def _expected_variant(experiment: str, user: str, variants: dict[str, float]) -> str:
+    """The documented assignment, recomputed: first 8 bytes of sha256(experiment:user) / 2**64, cumulative."""
+    import hashlib
+
+    bucket = int.from_bytes(hashlib.sha256(f"{experiment}:{user}".encode()).digest()[:8], "big") / 2**64
+    total = 0.0
+    for name, weight in variants.items():
+        total += weight
+        if bucket < total:
+            return name
+    return name
+
+
+def test_widget_batch_bounds_concurrency_and_keeps_partial_failures(own_sim):
+    import httpx
+
+    from coursekit import lesson
+    from coursekit import lesson_optimization as lo
+
+    widget = lo.start_widget({"WIDGET_BATCH_CONCURRENCY": "2"}, name="batch")
+    key = {"X-API-Key": lo.WIDGET_KEY}
+    with lesson.sim_faults(slow_first_token_seconds=0.2):
+        bt = lo.batch_timing(widget.url, n=6, sim=own_sim)
+    print(bt.summary("batch: "))
+    assert bt.batch_status == 200 and bt.ok == 6 and bt.n == 6
+    assert bt.sequential_calls == bt.batch_calls == 6
+    assert bt.sequential_in_flight == 1 and bt.batch_in_flight == 2       # the bound, reached and not passed
+    assert bt.speedup > 1.5                                                # measured ≈ 1.9 (6 x 0.2 s vs 3 x 0.2 s)
+    qs = lo._kb_questions()[:6]
+    one = httpx.post(widget.url + "/ask", json={"q": qs[3]}, headers=key, timeout=10).json()
+    assert [r["reply"] for r in bt.results][3] == one["reply"]            # results in the order asked
+    with lesson.sim_faults(safety_block_rate=1.0):
+        r = httpx.post(widget.url + "/ask/batch", json={"qs": qs[:2]}, headers=key, timeout=10)
+    assert r.status_code == 200 and r.json()["results"] == [{"ok": False, "code": "content_blocked"}] * 2
+    assert httpx.post(widget.url + "/ask/batch", json={"qs": ["a"] * 17}, headers=key).status_code == 422
+    assert httpx.post(widget.url + "/ask/batch", json={"qs": []}, headers=key).status_code == 422
+    assert httpx.post(widget.url + "/ask/batch", json={"qs": ["a"]}).status_code == 401
+
+
+def test_widget_token_budget_truncates_and_never_caches_a_cut_answer(own_sim):
+    import httpx
+
+    from coursekit import lesson_optimization as lo
+
+    key = {"X-API-Key": lo.WIDGET_KEY}
+    q = {"q": lo.LONG_QUESTION}
+    pro = lo.start_widget({"WIDGET_MODEL": "gemini-3.5-pro"}, name="pro")
+    own_sim.reset()
+    full = httpx.post(pro.url + "/ask", json=q, headers=key, timeout=10).json()
+    free = lo.token_summary(own_sim)
+    assert full["truncated"] is False and free["thoughts_tokens"] > 0 and free["truncated"] == 0
+    capped = lo.start_widget({"WIDGET_MODEL": "gemini-3.5-pro", "WIDGET_MAX_OUTPUT_TOKENS": "20",
+                              "WIDGET_THINKING_BUDGET": "0", "WIDGET_CACHE_TTL": "30"}, name="budget")
+    own_sim.reset()
+    first = httpx.post(capped.url + "/ask", json=q, headers=key, timeout=10)
+    again = httpx.post(capped.url + "/ask", json=q, headers=key, timeout=10)
+    cut = lo.token_summary(own_sim)
+    print(f"budget: without {free}, with {cut}")
+    assert first.json()["truncated"] is True and full["reply"].startswith(first.json()["reply"][:10])
+    assert again.headers["x-cache"] == "miss" and own_sim.upstream_calls() == 2   # a cut answer is not cached
+    assert cut["truncated"] == 2 and cut["thoughts_tokens"] == 0 and cut["output_tokens"] <= 40
+    assert cut["cost_usd"] < free["cost_usd"]
+
+
+def test_widget_ab_split_is_sticky_weighted_and_scored_from_the_sim_log(own_sim):
+    import httpx
+
+    from coursekit import lesson
+    from coursekit import lesson_optimization as lo
+
+    variants = {"v1": 0.3, "v2": 0.7}
+    widget = lo.start_widget({"WIDGET_AB_VARIANTS": "v1:0.3,v2:0.7", "WIDGET_AB_EXPERIMENT": "odd-exp"}, name="ab")
+    own_sim.reset()
+    split = lo.users_split(widget.url, n_users=300, repeats=2)
+    print(split.summary("ab: "))
+    assert split.statuses == {200: 600} and split.sticky
+    assert all(v == _expected_variant("odd-exp", u, variants) for u, v, *_ in split.rows)
+    assert abs(split.shares()["v1"] - 0.3) < 0.07 and sum(split.counts.values()) == 300
+    quality = lo.variant_quality(own_sim)
+    print("quality:", quality)
+    assert quality["v1"]["n"] + quality["v2"]["n"] == 600
+    assert quality["v2"]["good_rate"] == 1.0                  # grounded prompt: refuses what is not in the KB
+    assert 0.6 < quality["v1"]["good_rate"] < 0.85            # v1 answers the 25 % off-KB questions anyway
+    assert quality["v1"]["outcomes"]["generic"] == quality["v1"]["bad"]
+    assert (quality["v1"]["output_tokens"] / quality["v1"]["n"]) > (quality["v2"]["output_tokens"] / quality["v2"]["n"])
+    key = {"X-API-Key": lo.OTHER_KEY}
+    no_id = [httpx.post(widget.url + "/ask", json={"q": "요금제?"}, headers=key).headers["x-variant"] for _ in range(3)]
+    assert len(set(no_id)) == 1                                # no user_id: the key's hash is the user
+    assert lo.metric(widget.url, "widget_ab_requests_total") == 600 + 3   # (metric() follows /metrics -> /metrics/)
+    assert lo.widget_prompts().keys() == {"v1", "v2"}
+    plain = lo.start_widget({}, name="no-ab")
+    r = httpx.post(plain.url + "/ask", json={"q": "요금제?", "user_id": "u1"}, headers=key)
+    assert "x-variant" not in r.headers and "variant" not in r.json()
+    with pytest.raises(lesson.LessonError, match="WIDGET_AB_VARIANTS"):
+        lo.start_widget({"WIDGET_AB_VARIANTS": "v1:0.5,v3:0.5"}, name="ab-bad")
+    with pytest.raises(lesson.LessonError, match="한 번에 하나만"):
+        lo.start_widget({"WIDGET_AB_VARIANTS": "v1:0.5,v2:0.5", "WIDGET_CANARY_MODEL": "gemini-3.5-pro"},
+                        name="ab-canary")
+
+
+def test_widget_canary_rolls_back_a_failing_model_only_when_rollback_is_on(own_sim):
+    from coursekit import lesson
+    from coursekit import lesson_optimization as lo
+
+    canary = {"WIDGET_CANARY_MODEL": "gemini-3.5-pro", "WIDGET_CANARY_SHARE": "0.3",
+              "WIDGET_CANARY_MIN_REQUESTS": "5"}
+    healthy = lo.canary_timeline(lo.start_widget(canary, name="canary-ok").url, n=60)
+    assert healthy.errors == 0 and healthy.state["state"] == "active" and 8 <= healthy.canary_requests <= 30
+    on = lo.start_widget(canary, name="canary-on")
+    off = lo.start_widget({**canary, "WIDGET_CANARY_ROLLBACK": "off"}, name="canary-off")
+    with lesson.sim_faults(fault_models=["gemini-3.5-pro"], error_503_rate=1.0):
+        with_rb = lo.canary_timeline(on.url, n=80)
+        without = lo.canary_timeline(off.url, n=80)
+        own_sim.reset()
+        after = lo.canary_timeline(on.url, n=20)
+    print(healthy.summary("healthy: "), "|", with_rb.summary("rollback on: "), "|", without.summary("off: "))
+    assert with_rb.state["state"] == "rolled_back" and with_rb.state["reason"] == "error_rate"
+    assert 5 <= with_rb.canary_requests <= 8 and with_rb.errors == with_rb.canary_requests   # 4 users in flight
+    assert all(ok for _, _, ok, _ in with_rb.rows[with_rb.last_canary + 1:])
+    assert after.errors == 0 and after.canary_requests == 0
+    assert own_sim.stats()["by_model"].get("gemini-3.5-pro", 0) == 0        # no call to the rolled-back model
+    assert without.state["state"] == "active" and without.state["rule_fired"] is True
+    assert without.errors == without.canary_requests >= 12                  # ≈ 0.3 x 80, all failed
+    settled = with_rb.last_canary + 20                                      # windows that start after the rollback
+    assert settled < 80 and max(with_rb.rolling_error_rate(20)[settled:]) == 0
+    assert max(without.rolling_error_rate(20)[settled:]) > 0
+    assert lo.metric(on.url, "widget_canary_requests_total") == 80 + 20
