@@ -145,7 +145,7 @@ class Canary:
         """창에 규칙을 적용한 결과: "error_rate", "quality" 또는 None (아직 판정하지 않거나 괜찮음). 상태는 바꾸지 않음."""
         canary, baseline = self.stats("canary"), self.stats("baseline")
         # BEGIN SOLUTION
-        if canary["requests"] >= self.min_requests:
+        if canary["requests"] >= max(1, self.min_requests):
             baseline_rate = baseline["error_rate"] or 0.0
             if canary["error_rate"] > baseline_rate + self.max_error_increase:
                 return "error_rate"
