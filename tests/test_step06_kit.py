@@ -492,9 +492,11 @@ def test_widget_ab_split_is_sticky_weighted_and_scored_from_the_sim_log(own_sim)
     assert len(set(no_id)) == 1                                # no user_id: the key's hash is the user
     assert lo.metric(widget.url, "widget_ab_requests_total") == 600 + 3   # (metric() follows /metrics -> /metrics/)
     assert lo.widget_prompts().keys() == {"v1", "v2"}
-    plain = lo.start_widget({}, name="no-ab")
-    r = httpx.post(plain.url + "/ask", json={"q": "요금제?", "user_id": "u1"}, headers=key)
+    plain = lo.start_widget({"WIDGET_PROMPT": "v1"}, name="no-ab")            # no experiment, the old prompt
+    own_sim.reset()
+    r = httpx.post(plain.url + "/ask", json={"q": "대표이사가 누구예요?", "user_id": "u1"}, headers=key)
     assert "x-variant" not in r.headers and "variant" not in r.json()
+    assert list(lo.variant_quality(own_sim)) == ["v1"] and "답할 수 없습니다" not in r.json()["reply"]
     with pytest.raises(lesson.LessonError, match="WIDGET_AB_VARIANTS"):
         lo.start_widget({"WIDGET_AB_VARIANTS": "v1:0.5,v3:0.5"}, name="ab-bad")
     with pytest.raises(lesson.LessonError, match="한 번에 하나만"):
@@ -515,8 +517,12 @@ def test_widget_canary_rolls_back_a_failing_model_only_when_rollback_is_on(own_s
     with lesson.sim_faults(fault_models=["gemini-3.5-pro"], error_503_rate=1.0):
         with_rb = lo.canary_timeline(on.url, n=80)
         without = lo.canary_timeline(off.url, n=80)
+        tolerant = lo.canary_timeline(lo.start_widget({**canary, "WIDGET_CANARY_MAX_ERROR_INCREASE": "1.0"},
+                                                      name="canary-tolerant").url, n=60)
         own_sim.reset()
         after = lo.canary_timeline(on.url, n=20)
+    assert tolerant.state["state"] == "active" and not tolerant.state["rule_fired"]
+    assert tolerant.errors == tolerant.canary_requests >= 6                # past MIN_REQUESTS, yet within 1.0
     print(healthy.summary("healthy: "), "|", with_rb.summary("rollback on: "), "|", without.summary("off: "))
     assert with_rb.state["state"] == "rolled_back" and with_rb.state["reason"] == "error_rate"
     assert 5 <= with_rb.canary_requests <= 8 and with_rb.errors == with_rb.canary_requests   # 4 users in flight

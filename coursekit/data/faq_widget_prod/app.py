@@ -1,8 +1,8 @@
 """faq-widget (step 06 판): 한 서비스에 스위치를 달아 각 기법의 '전'과 '후'를 같은 부하로 잽니다.
 
-POST /ask {"q"} -> {"reply", "model", "fallback"}   (X-API-Key 필요; 캐시를 켜면 X-Cache: hit|miss|coalesced)
-POST /ask {"q", "user_id"?} -> ... + "truncated" (답이 출력 토큰 상한에서 잘림), 실험 중이면 "variant" 와 X-Variant,
-     카나리로 보낸 요청이면 X-Canary: true
+POST /ask {"q", "user_id"?} -> {"reply", "model", "fallback", "truncated"}   (X-API-Key 필요; 캐시를 켜면
+     X-Cache: hit|miss|coalesced; "truncated": 답이 출력 토큰 상한에서 잘림; 실험 중이면 "variant" 와 X-Variant;
+     카나리로 보낸 요청이면 X-Canary: true)
 POST /ask/batch {"qs": [...], "user_id"?} -> {"results": [{"ok": true, "reply", "model", ...} | {"ok": false, "code"}]}
 GET  /canary (X-API-Key 필요) -> 카나리 상태: off | active | rolled_back, 역할별 요청·오류 수
 POST /ask/stream {"q"} -> text/event-stream: event: delta {"text"} ... 그리고 event: done {"model"} 또는 event: error {"code"}
