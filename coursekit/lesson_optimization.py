@@ -593,12 +593,13 @@ def users_split(url: str, n_users: int = 200, repeats: int = 1, prefix: str = "u
     return _in_thread(main)
 
 
-def variant_quality(sim, prompts: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+def variant_quality(sim, prompts: Mapping[str, str] | None = None, first: int | None = None) -> dict[str, dict[str, Any]]:
     """Per prompt version, from the simulator's own log since the last reset (rows grouped by the hash of
     their system prompt; judge calls skipped): `n`, `good` (a knowledge-base question answered correctly,
     or a question outside it refused), `bad` (everything else: wrong, made up, generic, refused wrongly),
     `good_rate`, `outcomes` (correct/refused/hallucinated/generic) and `output_tokens` (total).
-    Versions with no answers are left out. `prompts`: version -> system text (default: widget_prompts())."""
+    Versions with no answers are left out. `prompts`: version -> system text (default: widget_prompts()).
+    `first`: count only each version's first `first` answers in the log's order (an experiment stopped early)."""
     from .simulator.prompts import system_hash
 
     by_hash = {system_hash(text): name for name, text in (prompts or widget_prompts()).items()}
@@ -609,6 +610,8 @@ def variant_quality(sim, prompts: Mapping[str, str] | None = None) -> dict[str, 
             continue
         v = out.setdefault(name, {"n": 0, "good": 0, "bad": 0, "good_rate": 0.0, "outcomes": Counter(),
                                   "output_tokens": 0})
+        if first is not None and v["n"] >= first:
+            continue
         good = r["outcome"] == "correct" if r.get("entry_id") else r["outcome"] == "refused"
         v["n"] += 1
         v["good" if good else "bad"] += 1

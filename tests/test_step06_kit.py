@@ -486,6 +486,8 @@ def test_widget_ab_split_is_sticky_weighted_and_scored_from_the_sim_log(own_sim)
     assert quality["v2"]["good_rate"] == 1.0                  # grounded prompt: refuses what is not in the KB
     assert 0.6 < quality["v1"]["good_rate"] < 0.85            # v1 answers the 25 % off-KB questions anyway
     assert quality["v1"]["outcomes"]["generic"] == quality["v1"]["bad"]
+    early = lo.variant_quality(own_sim, first=10)
+    assert early["v1"]["n"] == early["v2"]["n"] == 10 and early["v2"]["good"] == 10
     assert (quality["v1"]["output_tokens"] / quality["v1"]["n"]) > (quality["v2"]["output_tokens"] / quality["v2"]["n"])
     key = {"X-API-Key": lo.OTHER_KEY}
     no_id = [httpx.post(widget.url + "/ask", json={"q": "요금제?"}, headers=key).headers["x-variant"] for _ in range(3)]
