@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -43,7 +44,8 @@ OTHER_KEYS = ["svc-x" + n + "-" + secrets.token_hex(10) for n in ("b", "c", "d")
 GOOGLE_KEY = "grader-gemini-" + secrets.token_hex(8)
 QUESTION = "하늘클라우드 요금제는 어떻게 되나요?"
 TIMEOUT = 10.0
-WORKERS = 12
+WORKERS = 4                              # 동시 요청 (2코어에서 더 많으면 처리량은 같고 이벤트 루프만 밀림)
+FEEDBACK_LOSS = 0.02                     # Redis 가 짧은 타임아웃(fail open)으로 응답 id 를 적지 못해 404 가 될 수 있는 몫
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -192,7 +194,7 @@ def test_ab_test(ab_service, simulator):
 
     # 2) 업스트림이 받은 시스템 프롬프트: 캐시에 없는 질문 16개, 변형마다 한 가지이고 두 변형은 서로 다름.
     unique = xsup.pmap(lambda c, i: s.ask(f"sys-user-{i:02d}", f"{QUESTION} (확인 {i}번)", tag="ab-sys", client=c),
-                       range(16), 8)
+                       range(16), WORKERS)
     bad = [(r, shape_problem(r)) for r in unique if shape_problem(r)]
     if bad:
         fail(expected="캐시에 없는 질문 16개에 모두 200, 변형이 일관된 답", measured=f"{len(bad)}개가 다름: {bad[0][1]}")
@@ -301,9 +303,14 @@ def test_ab_test(ab_service, simulator):
                    WORKERS)
     not_ok = [r for r in fb if r.status != 200]
     record("feedback_sent", {f"{v} {rt}": n for (v, rt), n in sorted(sent.items())})
-    if not_ok:
-        fail(expected=f"/chat 이 낸 response_id {len(plan)}개에 보낸 POST /feedback 이 모두 200",
+    record("feedback_not_200", osup.count_by(not_ok))
+    if len(not_ok) > FEEDBACK_LOSS * len(plan):
+        fail(expected=f"/chat 이 낸 response_id {len(plan)}개에 보낸 POST /feedback 이 모두 200 "
+                      f"(Redis 시간 초과로 잃는 것은 {FEEDBACK_LOSS:.0%} 까지)",
              measured=f"{len(not_ok)}개가 다름: {osup.count_by(not_ok)}, 예 {not_ok[0].short()}")
+    for (v, _, rating), r in zip(plan, fb):
+        if r.status != 200:       # 서비스가 받지 않은 피드백은 메트릭에도 없어야 함
+            sent[(v, rating)] -= 1
     text = s.client.get(f"{s.svc.base_url}/metrics", timeout=5).text
     fb_got = xsup.metric_by(text, "llm_experiment_feedback_total", ("variant", "rating"), experiment=EXPERIMENT)
     record("llm_experiment_feedback_total", {f"{v} {rt}": n for (v, rt), n in sorted(fb_got.items())})
@@ -484,7 +491,7 @@ def test_canary(canary_fleet, simulator):
     # 2) 건강한 카나리: A, B 에 300개 -> 카나리 비율 ≈ CANARY_SHARE, 롤백 없음.
     before = calls(simulator, CANARY)
     targets = [f.a, f.b] * (HEALTHY_N // 2)
-    healthy = xsup.pmap(lambda cl, svc: f.ask(svc, "canary-healthy", client=cl), targets, 8)
+    healthy = xsup.pmap(lambda cl, svc: f.ask(svc, "canary-healthy", client=cl), targets, WORKERS)
     canary_calls = calls(simulator, CANARY) - before
     record("healthy", osup.count_by(healthy))
     not_ok = [r for r in healthy if r.status != 200]
@@ -509,6 +516,10 @@ def test_canary(canary_fleet, simulator):
              measured=f"다른 모델 {sorted(map(str, others - {PRIMARY}))}, 헤더가 맞지 않는 답 {len(header_wrong)}개, "
                       f"카나리 답 {routed}개, 시뮬레이터의 {CANARY} 호출 {canary_calls}번")
     states = [f.state(svc) for svc in (f.a, f.b)]
+    if any(state_of(r) != "active" for r in states):
+        # Redis 읽기가 짧은 타임아웃에 걸리면 1초 동안 롤백으로 봄 (fail safe): 그 1초가 지난 뒤 한 번 더 봅니다.
+        time.sleep(1.2)
+        states = [f.state(svc) for svc in (f.a, f.b)]
     record("healthy_state", [state_of(r) for r in states])
     if any(state_of(r) != "active" for r in states):
         fail(expected="카나리가 건강하면 롤백 없음: A, B 의 GET /canary state=\"active\"",
@@ -535,12 +546,13 @@ def test_canary(canary_fleet, simulator):
                 failures += 1
                 fault_rows.append(r.short())
                 st = f.state(f.c)
-                if state_of(st) == "rolled_back":
+                if state_of(st) == "rolled_back" and xsup.body_field(st, "reason") == "error_rate":
                     rolled = st
                     break
     finally:
         simulator.configure(fault_models=None, error_503_rate=0.0)
     if rolled is None:
+        time.sleep(1.2)   # 상태를 모를 때의 fail safe (1초)가 지나도록
         st = f.state(f.c)
         rolled = st if state_of(st) == "rolled_back" else None
     record("fault_requests", sent)
@@ -548,7 +560,8 @@ def test_canary(canary_fleet, simulator):
     if rolled is None:
         fail(expected=f"카나리 모델이 모두 503 이면 카나리 실패 {MIN_REQUESTS}~{MIN_REQUESTS + ROLLBACK_SLACK}번 안에 "
                       "자동 롤백: C 의 GET /canary state=\"rolled_back\", reason=\"error_rate\"",
-             measured=f"요청 {sent}개, 실패 {failures}개 뒤에도 {state_of(st) or st.short()}"
+             measured=f"요청 {sent}개, 실패 {failures}개 뒤에도 state={state_of(st) or st.short()!r}, "
+                      f"reason={xsup.body_field(st, 'reason')!r}"
                       + (f" (실패 예: {fault_rows[0]})" if fault_rows else ""),
              hint="lesson.ipynb §16 '카나리 모델 업데이트' — 결과마다 역할별 창(CANARY_WINDOW_SECONDS)에 성공/실패를 "
                   "넣고, 카나리 결과가 CANARY_MIN_REQUESTS 이상이면 카나리 오류율 > 기준 오류율 + "
