@@ -538,6 +538,8 @@ async def metrics() -> Response:
     },
 )
 # TODO 4 (lesson §3): 응답 헤더 X-Fallback 을 쓰려면 response: Response 를 받으세요.
+# TODO 19 (lesson §13 '배치 처리'): 아래 본문을 질문 하나의 함수(answer_one)로 옮기고, /chat 과 /chat/batch 의 항목이
+# 모두 그 함수를 부르게 하세요 (본문을 복사하면 캐시, Fallback, 변이가 한쪽에만 생깁니다).
 async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]) -> ChatResponse:
     # 입력 드리프트: 검증을 통과한 모든 질문의 길이 (LLM 이 답하기 전에, 실패한 요청도 입력은 입력).
     telemetry.set_drift(app.state.drift.observe(req.message))
