@@ -214,9 +214,11 @@ class SharedResponses:
                 # SET ... XX GET: 있을 때만 "claimed" 로 바꾸고 이전 값을 돌려줌 (원자적: 두 복제본이 동시에 받아도 한 번)
                 previous = await self.redis.set(f"llm-chat:response:{response_id}", "claimed", xx=True, get=True,
                                                 keepttl=True)
-                self.local.claim(response_id)
+                local_outcome = self.local.claim(response_id)
                 if previous is None:
-                    return self.UNKNOWN, None
+                    # Redis 가 모르는 id: 어느 복제본도 내지 않았거나, 이 복제본이 냈는데 그때 Redis 쓰기가 실패함
+                    # (issue 의 fail open). 이 복제본의 기록이 그 답을 알면 그 기록으로 받습니다.
+                    return local_outcome, (local_variant if local_outcome == self.CLAIMED else None)
                 previous = previous.decode() if isinstance(previous, bytes) else previous
                 if previous == "claimed":
                     return self.EXISTS, None
