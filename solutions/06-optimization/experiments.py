@@ -1,14 +1,14 @@
-"""06단계 2부: A/B 테스트의 변이와 사용자 배정 (lesson §15 'A/B 테스트').
+"""06단계 2부: A/B 테스트의 변형과 사용자 배정 (lesson §15 'A/B 테스트').
 
-- `Variant`: 변이 하나 = 프롬프트 버전 + 모델(None 이면 LLM_MODEL) + 몫(weight).
-- `parse_variants(raw)` / `validate_variants(variants)`: AB_VARIANTS 의 검사. 변이 2개 이상, 이름은
+- `Variant`: 변형 하나 = 프롬프트 버전 + 모델(None 이면 LLM_MODEL) + 몫(weight).
+- `parse_variants(raw)` / `validate_variants(variants)`: AB_VARIANTS 의 검사. 변형 2개 이상, 이름은
   `^[a-z0-9_-]{1,20}$`, 몫의 합 1 (±1e-6). 틀리면 한국어 ValueError: 서비스가 시작하지 않습니다.
-- `check_prompts(variants, load)`: 변이마다 프롬프트 파일이 있는지 시작할 때 확인하고 그 글을 돌려줍니다
+- `check_prompts(variants, load)`: 변형마다 프롬프트 파일이 있는지 시작할 때 확인하고 그 글을 돌려줍니다
   (`load` = 서비스의 `load_prompt` 같은 함수, 또는 prompts 폴더 경로).
-- `assign(experiment, user, variants)`: 사용자를 변이 하나에 배정합니다. 해시로 정하므로
-  * 끈끈함(sticky): 같은 사용자는 몇 번을 물어도, 어느 복제본이 답해도 같은 변이 (답이 요청마다 바뀌면 사용자가
-    혼란스럽고, 한 사용자의 피드백이 두 변이에 섞여 비교가 흐려집니다);
-  * 저장소가 없음: 누가 어느 변이인지 적어 둘 곳(DB, Redis)이 필요 없고 재시작해도 같음;
+- `assign(experiment, user, variants)`: 사용자를 변형 하나에 배정합니다. 해시로 정하므로
+  * 끈끈함(sticky): 같은 사용자는 몇 번을 물어도, 어느 복제본이 답해도 같은 변형 (답이 요청마다 바뀌면 사용자가
+    혼란스럽고, 한 사용자의 피드백이 두 변형에 섞여 비교가 흐려집니다);
+  * 저장소가 없음: 누가 어느 변형인지 적어 둘 곳(DB, Redis)이 필요 없고 재시작해도 같음;
   * 실험끼리 독립: 실험 이름이 해시에 들어가므로 한 실험의 treatment 사용자가 다음 실험에서도 모두 treatment 로
     몰리지 않습니다 (앞 실험의 효과가 다음 실험에 섞이지 않음).
 - `user_key(user_id, api_key)`: 배정의 기준. user_id 가 있으면 그것, 없으면 "key:" + API 키의 sha256 앞 16자리
@@ -26,32 +26,32 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 EXPERIMENT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"  # AB_EXPERIMENT (빈 문자열 = 실험 없음)
-VARIANT_PATTERN = r"^[a-z0-9_-]{1,20}$"  # 변이 이름: 메트릭 레이블과 X-Variant 헤더에 그대로 씀
+VARIANT_PATTERN = r"^[a-z0-9_-]{1,20}$"  # 변형 이름: 메트릭 레이블과 X-Variant 헤더에 그대로 씀
 WEIGHT_TOLERANCE = 1e-6
 _VARIANT_NAME = re.compile(VARIANT_PATTERN)
 
 
 class Variant(BaseModel):
-    """변이 하나. 예: {"prompt_version": "v2", "model": null, "weight": 0.5}."""
+    """변형 하나. 예: {"prompt_version": "v2", "model": null, "weight": 0.5}."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt_version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="prompts/<버전>.txt")
     model: str | None = Field(default=None, description="None 이면 LLM_MODEL")
-    weight: float = Field(gt=0, le=1, description="이 변이로 보낼 사용자의 몫 (모든 변이의 합 = 1)")
+    weight: float = Field(gt=0, le=1, description="이 변형으로 보낼 사용자의 몫 (모든 변형의 합 = 1)")
 
 
 _VARIANTS = TypeAdapter(dict[str, Variant])
 
 
 def validate_variants(variants: Mapping[str, Variant]) -> dict[str, Variant]:
-    """실험을 켤 때의 규칙: 변이 2개 이상, 이름 패턴, 몫의 합 1. 틀리면 ValueError (한국어)."""
+    """실험을 켤 때의 규칙: 변형 2개 이상, 이름 패턴, 몫의 합 1. 틀리면 ValueError (한국어)."""
     if len(variants) < 2:
-        raise ValueError(f"AB_VARIANTS 에 변이가 2개 이상 있어야 합니다 (지금 {len(variants)}개): "
+        raise ValueError(f"AB_VARIANTS 에 변형이 2개 이상 있어야 합니다 (지금 {len(variants)}개): "
                          "비교할 상대가 없으면 실험이 아닙니다")
     bad = [name for name in variants if not _VARIANT_NAME.fullmatch(name)]
     if bad:
-        raise ValueError(f"변이 이름 {bad} 가 규칙 {VARIANT_PATTERN} 에 맞지 않습니다 "
+        raise ValueError(f"변형 이름 {bad} 가 규칙 {VARIANT_PATTERN} 에 맞지 않습니다 "
                          "(소문자, 숫자, -, _ 로 20자까지: 메트릭 레이블과 헤더에 그대로 씁니다)")
     total = math.fsum(v.weight for v in variants.values())
     if abs(total - 1.0) > WEIGHT_TOLERANCE:
@@ -69,7 +69,7 @@ def parse_variants(raw: str | bytes | Mapping) -> dict[str, Variant]:
 
 
 def check_prompts(variants: Mapping[str, Variant], load: Callable[[str], str] | str | Path) -> dict[str, str]:
-    """변이마다 시스템 프롬프트 글: {이름: 글}. 시작할 때 한 번 불러 파일이 없으면 서비스가 시작하지 않게 합니다.
+    """변형마다 시스템 프롬프트 글: {이름: 글}. 시작할 때 한 번 불러 파일이 없으면 서비스가 시작하지 않게 합니다.
 
     `load` 는 버전 -> 글 함수 (서비스의 load_prompt: 없으면 RuntimeError) 또는 prompts 폴더 경로."""
     if not callable(load):
@@ -89,7 +89,7 @@ def check_prompts(variants: Mapping[str, Variant], load: Callable[[str], str] | 
         try:
             texts[name] = load(variant.prompt_version)
         except (RuntimeError, OSError, ValueError) as exc:
-            raise RuntimeError(f"A/B 변이 {name!r} 의 prompt_version={variant.prompt_version!r}: {exc}") from exc
+            raise RuntimeError(f"A/B 변형 {name!r} 의 prompt_version={variant.prompt_version!r}: {exc}") from exc
     return texts
 
 
@@ -102,13 +102,13 @@ def bucket(experiment: str, user: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
     # STARTER
     # # TODO 21 (lesson §15 'A/B 테스트'): hashlib.sha256(f"{experiment}:{user}".encode()).digest() 의 앞 8바이트를
-    # # int.from_bytes(..., "big") 로 읽어 2**64 로 나누세요. random 을 쓰면 같은 사용자가 요청마다 다른 변이를 받습니다.
+    # # int.from_bytes(..., "big") 로 읽어 2**64 로 나누세요. random 을 쓰면 같은 사용자가 요청마다 다른 변형을 받습니다.
     # return 0.0
     # END SOLUTION
 
 
 def assign(experiment: str, user: str, variants: Mapping[str, Variant]) -> str:
-    """사용자의 변이 이름. bucket 을 dict 순서대로 쌓은 weight 구간에 놓습니다
+    """사용자의 변형 이름. bucket 을 dict 순서대로 쌓은 weight 구간에 놓습니다
     (예: control 0.3, treatment 0.7 -> [0, 0.3) 은 control, [0.3, 1) 은 treatment)."""
     # BEGIN SOLUTION
     point = bucket(experiment, user)
@@ -117,10 +117,10 @@ def assign(experiment: str, user: str, variants: Mapping[str, Variant]) -> str:
         cumulative += variant.weight
         if point < cumulative:
             return name
-    return name  # 부동소수점 합이 1 보다 아주 조금 작을 때: 마지막 변이
+    return name  # 부동소수점 합이 1 보다 아주 조금 작을 때: 마지막 변형
     # STARTER
     # # TODO 21 (lesson §15 'A/B 테스트'): bucket(experiment, user) 를 variants 의 weight 를 순서대로 더한 구간에
-    # # 놓아 변이 이름을 고르세요 (몫을 무시하고 고르게 나누면 0.3/0.7 실험이 0.5/0.5 가 됩니다).
+    # # 놓아 변형 이름을 고르세요 (몫을 무시하고 고르게 나누면 0.3/0.7 실험이 0.5/0.5 가 됩니다).
     # return next(iter(variants))
     # END SOLUTION
 

@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     # 토큰 예산 (§14): 답의 출력 토큰 상한 (비우면 상한 없음), 사고(thinking) 토큰 상한 (0 = 사고 없음, 비우면 모델 기본).
     max_output_tokens: int | None = Field(default=1024, ge=1)
     thinking_budget: int | None = Field(default=None, ge=0)
-    # A/B 테스트 (§15): 실험 이름 (비우면 끔)과 변이들 (JSON: {"이름": {"prompt_version", "model", "weight"}}).
+    # A/B 테스트 (§15): 실험 이름 (비우면 끔)과 변형들 (JSON: {"이름": {"prompt_version", "model", "weight"}}).
     ab_experiment: str = Field(default="", pattern=r"^$|" + experiments.EXPERIMENT_PATTERN)
     ab_variants: Annotated[dict[str, experiments.Variant], NoDecode] = Field(default_factory=dict)
     # 카나리 (§16): 새 모델 (비우면 끔), 보낼 몫, 판정 전에 필요한 카나리 결과 수, 창(초), 롤백 규칙의 두 문턱.
@@ -176,14 +176,14 @@ class Settings(BaseSettings):
     @field_validator("ab_variants", mode="before")
     @classmethod
     def variants_json(cls, value):
-        if isinstance(value, (str, bytes)):  # 환경 변수의 JSON (비우면 변이 없음)
+        if isinstance(value, (str, bytes)):  # 환경 변수의 JSON (비우면 변형 없음)
             return json.loads(value) if value.strip() else {}
         return value
 
     @model_validator(mode="after")
     def one_change_at_a_time(self):
         if self.ab_experiment:
-            experiments.validate_variants(self.ab_variants)  # 변이 2개 이상, 몫의 합 1 (아니면 시작하지 않음)
+            experiments.validate_variants(self.ab_variants)  # 변형 2개 이상, 몫의 합 1 (아니면 시작하지 않음)
             if self.canary_model:
                 raise ValueError("AB_EXPERIMENT 와 CANARY_MODEL 을 함께 켤 수 없습니다: 한 번에 하나만 바꾸세요 "
                                  "(둘이 겹치면 어느 변화가 결과를 바꿨는지 알 수 없습니다)")
@@ -226,10 +226,10 @@ def load_prompt(version: str) -> str:
 
 SYSTEM_PROMPT = load_prompt(settings.prompt_version)
 # BEGIN SOLUTION
-# A/B 실험의 변이마다 시스템 프롬프트 (lesson §15): 파일이 없는 변이가 있으면 서비스가 시작하지 않습니다.
+# A/B 실험의 변형마다 시스템 프롬프트 (lesson §15): 파일이 없는 변형이 있으면 서비스가 시작하지 않습니다.
 VARIANT_PROMPTS = experiments.check_prompts(settings.ab_variants, load_prompt) if settings.ab_experiment else {}
 # STARTER
-# # TODO 22 (lesson §15 'A/B 테스트'): 실험이 켜져 있으면 변이마다 프롬프트를 시작할 때 읽으세요
+# # TODO 22 (lesson §15 'A/B 테스트'): 실험이 켜져 있으면 변형마다 프롬프트를 시작할 때 읽으세요
 # # (experiments.check_prompts(settings.ab_variants, load_prompt)).
 # END SOLUTION
 
@@ -303,10 +303,10 @@ class ChatResponse(BaseModel):
     # END SOLUTION
     # BEGIN SOLUTION
     truncated: bool = Field(default=False, description="답이 MAX_OUTPUT_TOKENS 에서 잘렸으면 true (finish_reason MAX_TOKENS)")
-    variant: str | None = Field(default=None, description="A/B 실험이 켜져 있으면 이 답을 낸 변이 (헤더 X-Variant 와 같음)")
+    variant: str | None = Field(default=None, description="A/B 실험이 켜져 있으면 이 답을 낸 변형 (헤더 X-Variant 와 같음)")
     # STARTER
     # # TODO 20 (lesson §14 '토큰 예산'): 잘린 답을 표시할 필드 truncated: bool (기본 False).
-    # # TODO 22 (lesson §15 'A/B 테스트'): 답한 변이 variant: str | None (기본 None).
+    # # TODO 22 (lesson §15 'A/B 테스트'): 답한 변형 variant: str | None (기본 None).
     # END SOLUTION
 
 
@@ -632,7 +632,7 @@ PRIMARY_CIRCUIT = pybreaker.CircuitBreaker(fail_max=settings.circuit_fail_max,
 
 
 def circuit(model: str) -> pybreaker.CircuitBreaker:
-    """모델마다 회로 하나: LLM_MODEL 은 PRIMARY_CIRCUIT, A/B 변이나 카나리의 다른 모델은 따로 (카나리의 실패가
+    """모델마다 회로 하나: LLM_MODEL 은 PRIMARY_CIRCUIT, A/B 변형이나 카나리의 다른 모델은 따로 (카나리의 실패가
     지금 모델의 회로를 열지 않게)."""
     if model == settings.llm_model:
         return PRIMARY_CIRCUIT
@@ -671,7 +671,7 @@ def fallback_reason(exc: BaseException) -> str | None:
 
 async def answer_with_fallback(llm, messages: list, model: str | None = None):
     """주 모델(회로 차단기) -> 실패하면 Fallback 모델, 둘 다 요청의 데드라인 안에서. 돌려주는 값: (답, 답한 모델).
-    model = 주 모델의 이름 (llm 의 모델: 기본 LLM_MODEL, A/B 변이나 카나리면 그 모델).
+    model = 주 모델의 이름 (llm 의 모델: 기본 LLM_MODEL, A/B 변형이나 카나리면 그 모델).
 
     주 모델은 `데드라인 - FALLBACK_RESERVE_SECONDS` 까지만 새 시도를 시작합니다. 그때까지 답이 없으면 진행 중인 시도를
     끊지 않고 Fallback 을 함께 부르고(hedge), 데드라인 안에 먼저 온 답을 씁니다 (다른 쪽은 취소). 주 모델이 그보다 먼저
@@ -733,7 +733,7 @@ def is_truncated(reply) -> bool:
 
 
 def cacheable(reply, answered_by: str, primary: str) -> bool:
-    """캐시에 둘 답: 주 모델(primary: LLM_MODEL, 변이나 카나리의 모델)의 답(Fallback 의 답은 아님), 비지 않았고, 거절이
+    """캐시에 둘 답: 주 모델(primary: LLM_MODEL, 변형이나 카나리의 모델)의 답(Fallback 의 답은 아님), 비지 않았고, 거절이
     아니고, 잘리지 않은 답. 오류는 여기까지 오지 않습니다."""
     if is_truncated(reply):  # 잘린 답은 절대 (lesson §14): 다음에 물으면 다시 업스트림에
         return False
@@ -746,7 +746,7 @@ async def answer_cached(llm, message: str, route: "Route | None" = None):
 
     hit: 업스트림 호출도, 토큰과 비용 기록도 없음. miss: 이 요청이 업스트림에 묻고(합치기의 leader), 답이 cacheable 이면
     캐시에 둠. coalesced: 같은 질문이 진행 중이라 그 답을 함께 받음 (실패도 함께 받고, 캐시에는 아무것도 두지 않음)."""
-    route = route or default_route(llm)  # A/B 변이, 카나리 (lesson §15, §16): 그 모델과 프롬프트로 묻고, 키에도
+    route = route or default_route(llm)  # A/B 변형, 카나리 (lesson §15, §16): 그 모델과 프롬프트로 묻고, 키에도
     messages = [SystemMessage(route.system_prompt), HumanMessage(message)]
     cache, coalescer = app.state.cache, app.state.coalescer
     if not cache.enabled:
@@ -788,7 +788,7 @@ async def answer_cached(llm, message: str, route: "Route | None" = None):
 
 
 def answer_budget() -> dict:
-    """토큰 예산 (lesson §14): 답하는 모델(주, Fallback, 카나리, 변이)의 클라이언트에 넘길 인자. 판정 모델은 아님
+    """토큰 예산 (lesson §14): 답하는 모델(주, Fallback, 카나리, 변형)의 클라이언트에 넘길 인자. 판정 모델은 아님
     (판정의 JSON 이 잘리면 점수를 읽을 수 없음). None 이면 모델의 기본값."""
     return {"max_output_tokens": settings.max_output_tokens, "thinking_budget": settings.thinking_budget}
 
@@ -808,7 +808,7 @@ def answer_client(model: str) -> ChatGoogleGenerativeAI:
 
 @dataclass(frozen=True)
 class Route:
-    """질문 하나가 갈 곳 (lesson §15, §16): 주 모델과 그 클라이언트, 시스템 프롬프트, A/B 변이, 카나리 역할."""
+    """질문 하나가 갈 곳 (lesson §15, §16): 주 모델과 그 클라이언트, 시스템 프롬프트, A/B 변형, 카나리 역할."""
 
     llm: object
     model: str
@@ -825,7 +825,7 @@ def default_route(llm, role: str | None = None) -> Route:
 
 
 async def choose_route(llm, user: str) -> Route:
-    """실험이 켜져 있으면 사용자의 변이 (experiments.assign: 해시라서 같은 사용자는 늘 같은 변이), 카나리가 켜져
+    """실험이 켜져 있으면 사용자의 변형 (experiments.assign: 해시라서 같은 사용자는 늘 같은 변형), 카나리가 켜져
     있으면 요청의 CANARY_SHARE 만 카나리 모델로. 둘 다 꺼져 있으면 LLM_MODEL 과 PROMPT_VERSION 그대로."""
     if settings.ab_experiment:
         name = experiments.assign(settings.ab_experiment, user, settings.ab_variants)
@@ -856,7 +856,7 @@ async def record_outcome(route: Route, ok: bool) -> None:
 
 
 async def answer_routed(req: ChatRequest, llm, response: Response, user: str) -> ChatResponse:
-    """질문 하나의 길 전체 = /chat 과 /chat/batch 의 항목 하나 (lesson §13): 변이와 카나리 고르기 (§15, §16) ->
+    """질문 하나의 길 전체 = /chat 과 /chat/batch 의 항목 하나 (lesson §13): 변형과 카나리 고르기 (§15, §16) ->
     answer_one (캐시, 재시도, Fallback, 토큰 예산, 응답 id, 메트릭) -> 카나리 결과, 실험 메트릭, 헤더.
     실패는 ApiError (/chat 은 그 JSON 으로 답하고, 배치는 그 항목의 결과로 둠)."""
     route = await choose_route(llm, user)
@@ -883,7 +883,7 @@ async def answer_routed(req: ChatRequest, llm, response: Response, user: str) ->
 
 
 async def judge_routed(question: str, answer: str, model: str, route: Route) -> None:
-    """판정 하나 (lesson §7) + 그 점수를 A/B 변이(§15)와 카나리 역할(§16)에도."""
+    """판정 하나 (lesson §7) + 그 점수를 A/B 변형(§15)와 카나리 역할(§16)에도."""
     score = await judge_answer(question, answer, model)
     if score is None:
         return
@@ -904,10 +904,10 @@ def schedule_judge_routed(question: str, answer: str, model: str, route: Route) 
 # STARTER
 # # TODO 20 (lesson §14 '토큰 예산'): answer_budget() -> {"max_output_tokens": MAX_OUTPUT_TOKENS, "thinking_budget":
 # # THINKING_BUDGET} 를 답하는 모델의 클라이언트(주, Fallback, 카나리)에 넘기세요 (판정 모델은 아님).
-# # TODO 22 (lesson §15 'A/B 테스트'): 질문 하나가 갈 곳(Route: 모델, 클라이언트, 프롬프트, 변이)을 고르는
-# # choose_route(llm, user) 를 만드세요: experiments.assign(AB_EXPERIMENT, user, AB_VARIANTS) 의 변이.
-# # 캐시의 키에도 변이의 모델과 프롬프트 버전을. 헤더 X-Variant, 로그 줄의 experiment, variant, 메트릭
-# # telemetry.record_experiment (답마다, 새로 낸 비용과 함께), 판정 점수도 변이별로.
+# # TODO 22 (lesson §15 'A/B 테스트'): 질문 하나가 갈 곳(Route: 모델, 클라이언트, 프롬프트, 변형)을 고르는
+# # choose_route(llm, user) 를 만드세요: experiments.assign(AB_EXPERIMENT, user, AB_VARIANTS) 의 변형.
+# # 캐시의 키에도 변형의 모델과 프롬프트 버전을. 헤더 X-Variant, 로그 줄의 experiment, variant, 메트릭
+# # telemetry.record_experiment (답마다, 새로 낸 비용과 함께), 판정 점수도 변형별로.
 # # TODO 25 (lesson §16 '카나리 모델 업데이트'): 카나리가 켜져 있으면 await canary.should_route() 로 CANARY_MODEL 에,
 # # 결과(ok = 보낸 모델이 답함, 실패 = 5xx 로 끝남 또는 Fallback 이 답함)를 record(role, ok) 와
 # # telemetry.record_canary 에, 결과마다 await check() (롤백이면 telemetry.record_canary_rollback). 헤더 X-Canary: true,
@@ -937,7 +937,7 @@ async def judge_answer(question: str, answer: str, answer_model: str) -> int | N
     telemetry.record_judge(answer_model, score)
     return score
     # STARTER
-    # # TODO 22 (lesson §15 'A/B 테스트'): 점수를 돌려주세요 (변이별, 카나리 역할별 점수에 씀).
+    # # TODO 22 (lesson §15 'A/B 테스트'): 점수를 돌려주세요 (변형별, 카나리 역할별 점수에 씀).
     # telemetry.record_judge(answer_model, score)
     # END SOLUTION
 
@@ -1005,7 +1005,7 @@ async def lifespan(app: FastAPI):
     # # REDIS_URL) 와 caching.Coalescer() 를 만드세요.
     # END SOLUTION
     # BEGIN SOLUTION
-    # 06단계 2부: LLM_MODEL 과 다른 모델을 쓰는 A/B 변이의 클라이언트 (lesson §15), 카나리와 그 클라이언트 (§16).
+    # 06단계 2부: LLM_MODEL 과 다른 모델을 쓰는 A/B 변형의 클라이언트 (lesson §15), 카나리와 그 클라이언트 (§16).
     app.state.variant_llms = {name: answer_client(v.model) for name, v in settings.ab_variants.items()
                               if settings.ab_experiment and v.model and v.model != settings.llm_model}
     app.state.canary = canary.Canary(
@@ -1015,7 +1015,7 @@ async def lifespan(app: FastAPI):
     app.state.canary_llm = answer_client(settings.canary_model) if settings.canary_model else None
     telemetry.set_canary_active(app.state.canary.enabled and not await app.state.canary.rolled_back())
     # STARTER
-    # # TODO 22 (lesson §15 'A/B 테스트'): 다른 모델을 쓰는 변이마다 클라이언트 하나 (answer_client(모델)).
+    # # TODO 22 (lesson §15 'A/B 테스트'): 다른 모델을 쓰는 변형마다 클라이언트 하나 (answer_client(모델)).
     # # TODO 25 (lesson §16 '카나리 모델 업데이트'): canary.Canary(CANARY_MODEL, CANARY_SHARE, ...설정, REDIS_URL) 과
     # # 카나리 모델의 클라이언트를 만들고, 게이지 llm_canary_active 를 켜세요.
     # END SOLUTION
@@ -1048,7 +1048,7 @@ async def lifespan(app: FastAPI):
             await client.aclose()
     await app.state.canary.aclose()
     # STARTER
-    # # TODO 22, 25 (lesson §15, §16): 변이와 카나리의 클라이언트, 카나리의 Redis 연결도 닫으세요.
+    # # TODO 22, 25 (lesson §15, §16): 변형과 카나리의 클라이언트, 카나리의 Redis 연결도 닫으세요.
     # END SOLUTION
     TRACER_PROVIDER.force_flush()  # 모아 둔 스팬을 지금 내보냄 (BatchSpanProcessor). 프로세스가 끝날 때 SDK 가 shutdown
     import sentry_sdk
@@ -1249,18 +1249,18 @@ async def metrics() -> Response:
 # BEGIN SOLUTION
 async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)], response: Response,
                api_key: Annotated[str | None, Depends(api_key_header)]) -> ChatResponse:
-    """질문 하나. 일은 answer_routed (변이, 카나리) -> answer_one 이 합니다: POST /chat/batch 의 항목도 같은 길 (§13)."""
+    """질문 하나. 일은 answer_routed (변형, 카나리) -> answer_one 이 합니다: POST /chat/batch 의 항목도 같은 길 (§13)."""
     return await answer_routed(req, llm, response, experiments.user_key(req.user_id, api_key or ""))
 
 
 async def answer_one(req: ChatRequest, llm, response: Response, route: Route | None = None) -> ChatResponse:
-    """질문 하나의 답. route = 주 모델과 프롬프트 (A/B 변이, 카나리: 없으면 LLM_MODEL 과 PROMPT_VERSION).
+    """질문 하나의 답. route = 주 모델과 프롬프트 (A/B 변형, 카나리: 없으면 LLM_MODEL 과 PROMPT_VERSION).
     실패는 ApiError (/chat 이 내는 상태 코드와 JSON). response 에는 X-Fallback, X-Cache 헤더를 적습니다."""
     route = route or default_route(llm)
 # STARTER
 # # TODO 4 (lesson §3): 응답 헤더 X-Fallback 을 쓰려면 response: Response 를 받으세요.
 # # TODO 19 (lesson §13 '배치 처리'): 아래 본문을 질문 하나의 함수(answer_one)로 옮기고, /chat 과 /chat/batch 의 항목이
-# # 모두 그 함수를 부르게 하세요 (본문을 복사하면 캐시, Fallback, 변이가 한쪽에만 생깁니다).
+# # 모두 그 함수를 부르게 하세요 (본문을 복사하면 캐시, Fallback, 변형이 한쪽에만 생깁니다).
 # async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]) -> ChatResponse:
 # END SOLUTION
     # 입력 드리프트: 검증을 통과한 모든 질문의 길이 (LLM 이 답하기 전에, 실패한 요청도 입력은 입력).
@@ -1336,7 +1336,7 @@ async def answer_one(req: ChatRequest, llm, response: Response, route: Route | N
     # BEGIN SOLUTION
     # 판정은 업스트림이 새로 낸 답만 (캐시의 답은 이미 판정 기회가 있었음: 같은 답을 다시 채점하면 비용만 듦)
     if cache_state in (None, "miss") and random.random() < settings.judge_sample_rate:
-        schedule_judge_routed(req.message, reply.text, answered_by, route)  # 점수는 변이와 카나리 역할에도
+        schedule_judge_routed(req.message, reply.text, answered_by, route)  # 점수는 변형과 카나리 역할에도
     # STARTER
     # # TODO 17 (lesson §11): 캐시의 답(hit, coalesced)은 판정하지 마세요.
     # if random.random() < settings.judge_sample_rate:  # 0 이면 판정하지 않음, 1 이면 모두
@@ -1360,7 +1360,7 @@ async def answer_one(req: ChatRequest, llm, response: Response, route: Route | N
         variant=route.variant,
         prompt_version=route.prompt_version,
         # STARTER
-        # # TODO 20 (lesson §14): truncated. TODO 22 (lesson §15): 답한 변이와 그 변이의 프롬프트 버전.
+        # # TODO 20 (lesson §14): truncated. TODO 22 (lesson §15): 답한 변형과 그 변형의 프롬프트 버전.
         # prompt_version=settings.prompt_version,
         # END SOLUTION
         usage=Usage(
@@ -1403,11 +1403,11 @@ async def feedback(req: FeedbackRequest) -> FeedbackResponse:
         raise ApiError(409, "feedback_exists", "이 답에는 이미 피드백이 있습니다.")
     telemetry.record_feedback(req.rating, req.score)  # comment 는 메트릭에 넣지 않습니다
     # BEGIN SOLUTION
-    if settings.ab_experiment and variant in settings.ab_variants:  # 이 답을 낸 변이에 (설정에 있는 이름만: 라벨이 유한)
+    if settings.ab_experiment and variant in settings.ab_variants:  # 이 답을 낸 변형에 (설정에 있는 이름만: 라벨이 유한)
         telemetry.record_experiment_feedback(settings.ab_experiment, variant, req.rating)
     # STARTER
-    # # TODO 22 (lesson §15 'A/B 테스트'): 이 답을 낸 변이의 피드백으로도 세세요 (telemetry.record_experiment_feedback):
-    # # 응답 id 를 낼 때 변이를 함께 적고(shared_responses.issue(variant)), 받을 때 claim_variant 로 읽음.
+    # # TODO 22 (lesson §15 'A/B 테스트'): 이 답을 낸 변형의 피드백으로도 세세요 (telemetry.record_experiment_feedback):
+    # # 응답 id 를 낼 때 변형을 함께 적고(shared_responses.issue(variant)), 받을 때 claim_variant 로 읽음.
     # END SOLUTION
     return FeedbackResponse(response_id=req.response_id, rating=req.rating, recorded=True)
 # BEGIN SOLUTION
@@ -1543,7 +1543,7 @@ async def chat_stream(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, D
 async def chat_batch(req: BatchRequest, request: Request, response: Response,
                      llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)],
                      api_key: Annotated[str | None, Depends(api_key_header)]) -> BatchResponse:
-    """배치 처리 (lesson §13): 질문마다 /chat 과 같은 길(answer_routed: 캐시, 재시도와 데드라인, Fallback, 변이, 카나리,
+    """배치 처리 (lesson §13): 질문마다 /chat 과 같은 길(answer_routed: 캐시, 재시도와 데드라인, Fallback, 변형, 카나리,
     토큰 예산)을 LangChain 의 RunnableLambda(...).abatch 로, 한 번에 BATCH_CONCURRENCY 개까지만 업스트림에.
     질문마다 자기 REQUEST_DEADLINE_SECONDS (배치 전체는 최대 ceil(N / BATCH_CONCURRENCY) 데드라인).
     실패한 질문은 그 자리에 {"ok": false, "error"} (return_exceptions=True): 500 은 없습니다.

@@ -158,12 +158,12 @@ class SharedResponses:
         self.local = quality.IssuedResponses()
         self.redis = None
         # BEGIN SOLUTION
-        # 06단계 2부 (lesson §15): 응답 id -> 답한 A/B 변이 (프로세스 안, 최근 10 000 개: IssuedResponses 와 같은 수)
+        # 06단계 2부 (lesson §15): 응답 id -> 답한 A/B 변형 (프로세스 안, 최근 10 000 개: IssuedResponses 와 같은 수)
         from cachetools import LRUCache
 
         self.variants: LRUCache = LRUCache(maxsize=10_000)
         # STARTER
-        # # TODO 22 (lesson §15 'A/B 테스트'): 응답 id 마다 답한 변이를 기억할 곳 (피드백을 그 변이에 셈).
+        # # TODO 22 (lesson §15 'A/B 테스트'): 응답 id 마다 답한 변형을 기억할 곳 (피드백을 그 변형에 셈).
         # END SOLUTION
         # BEGIN SOLUTION
         if redis_url:
@@ -178,12 +178,12 @@ class SharedResponses:
 
     # BEGIN SOLUTION
     async def issue(self, variant: str | None = None) -> str:
-        """새 응답 id. variant = 이 답을 낸 A/B 변이 (Redis 값 "issued|<변이>"): /feedback 이 그 변이에 셉니다."""
+        """새 응답 id. variant = 이 답을 낸 A/B 변형 (Redis 값 "issued|<변형>"): /feedback 이 그 변형에 셉니다."""
         response_id = self.local.issue()
         if variant is not None:
             self.variants[response_id] = variant
     # STARTER
-    # # TODO 22 (lesson §15 'A/B 테스트'): issue(variant=None) 이 변이도 함께 적게 하세요 (Redis 값 "issued|<변이>").
+    # # TODO 22 (lesson §15 'A/B 테스트'): issue(variant=None) 이 변형도 함께 적게 하세요 (Redis 값 "issued|<변형>").
     # async def issue(self) -> str:
     #     response_id = self.local.issue()
     # END SOLUTION
@@ -203,11 +203,11 @@ class SharedResponses:
 
     # BEGIN SOLUTION
     async def claim(self, response_id: str) -> str:
-        """피드백 하나를 받음: UNKNOWN (모르는 id), EXISTS (이미 받음), CLAIMED. 변이까지는 claim_variant."""
+        """피드백 하나를 받음: UNKNOWN (모르는 id), EXISTS (이미 받음), CLAIMED. 변형까지는 claim_variant."""
         return (await self.claim_variant(response_id))[0]
 
     async def claim_variant(self, response_id: str) -> tuple[str, str | None]:
-        """claim 과 같고, 이 답을 낸 A/B 변이도 돌려줍니다 (변이 없이 낸 id, 받지 못한 id 면 None)."""
+        """claim 과 같고, 이 답을 낸 A/B 변형도 돌려줍니다 (변형 없이 낸 id, 받지 못한 id 면 None)."""
         local_variant = self.variants.pop(response_id, None)
         if self.redis is not None and not redis_skipped():
             try:
@@ -234,7 +234,7 @@ class SharedResponses:
     # async def claim(self, response_id: str) -> str:
     #     # TODO 9 (lesson §7): Redis 에서 원자적으로 받으세요: SET <key> claimed XX GET KEEPTTL
     #     # (이전 값 None = 모르는 id, "claimed" = 이미 피드백 있음).
-    #     # TODO 22 (lesson §15 'A/B 테스트'): claim_variant(response_id) -> (결과, 변이) 도 만드세요.
+    #     # TODO 22 (lesson §15 'A/B 테스트'): claim_variant(response_id) -> (결과, 변형) 도 만드세요.
     #     return self.local.claim(response_id)
     # END SOLUTION
 

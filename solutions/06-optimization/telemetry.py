@@ -215,18 +215,18 @@ def record_ttft(model: str, seconds: float) -> None:
 # llm_batch_size (히스토그램), llm_truncated_answers_total{gen_ai_request_model}, llm_experiment_requests_total{experiment,
 # variant}, llm_experiment_feedback_total{experiment, variant, rating}, llm_experiment_judge_score (히스토그램),
 # llm_experiment_cost_usd_total{experiment, variant}, llm_canary_requests_total{role, outcome},
-# llm_canary_rollbacks_total{reason}, llm_canary_active (게이지). 변이 이름은 설정에 적힌 것만 (사용자 id 는 절대 아님).
+# llm_canary_rollbacks_total{reason}, llm_canary_active (게이지). 변형 이름은 설정에 적힌 것만 (사용자 id 는 절대 아님).
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
 batch_size = meter.create_histogram("llm.batch.size", description="POST /chat/batch 하나의 질문 수",
                                     explicit_bucket_boundaries_advisory=BATCH_BUCKETS)
 truncated_answers = meter.create_counter(
     "llm.truncated_answers", description="MAX_OUTPUT_TOKENS 에서 잘린 답 (finish_reason MAX_TOKENS)")
-experiment_requests = meter.create_counter("llm.experiment.requests", description="A/B 실험의 변이별 답")
+experiment_requests = meter.create_counter("llm.experiment.requests", description="A/B 실험의 변형별 답")
 experiment_feedback = meter.create_counter("llm.experiment.feedback",
-                                           description="A/B 실험의 변이별 피드백 (rating: up/down)")
-experiment_judge_score = meter.create_histogram("llm.experiment.judge_score", description="A/B 실험의 변이별 판정 점수",
+                                           description="A/B 실험의 변형별 피드백 (rating: up/down)")
+experiment_judge_score = meter.create_histogram("llm.experiment.judge_score", description="A/B 실험의 변형별 판정 점수",
                                                 explicit_bucket_boundaries_advisory=SCORE_BUCKETS)
-experiment_cost = meter.create_counter("llm.experiment.cost.usd", description="A/B 실험의 변이별 LLM 비용 (USD)")
+experiment_cost = meter.create_counter("llm.experiment.cost.usd", description="A/B 실험의 변형별 LLM 비용 (USD)")
 canary_requests = meter.create_counter("llm.canary.requests",
                                        description="카나리 판정에 든 결과 (role: canary/baseline, outcome: ok/error)")
 canary_rollbacks = meter.create_counter("llm.canary.rollbacks", description="카나리 자동 롤백 (reason: error_rate/quality)")

@@ -3,7 +3,7 @@
     python -m ab_report --metrics-url http://127.0.0.1:8000/metrics --experiment prompt-v2-vs-v1
     python -m ab_report --prometheus http://127.0.0.1:9090 --experiment prompt-v2-vs-v1 --json
 
-변이별 피드백(`llm_experiment_feedback_total{experiment, variant, rating}`)을 읽어 두 변이의 좋아요 비율을
+변형별 피드백(`llm_experiment_feedback_total{experiment, variant, rating}`)을 읽어 두 변형의 좋아요 비율을
 Fisher 정확 검정(`scipy.stats.fisher_exact`, 2x2 표 [[up_a, down_a], [up_b, down_b]])으로 비교합니다.
 - --metrics-url: 복제본 하나의 /metrics (Prometheus 글 형식, prometheus_client.parser 로 읽음). 복제본이 여럿이면
   그 복제본이 받은 피드백만 보입니다.
@@ -11,7 +11,7 @@ Fisher 정확 검정(`scipy.stats.fisher_exact`, 2x2 표 [[up_a, down_a], [up_b,
   `sum by (experiment, variant, rating) (llm_experiment_feedback_total)`: 모든 복제본을 더한 값.
 
 판정 (`decide`):
-- 변이 하나라도 평가가 --min-samples 개보다 적으면 "insufficient_data" (몇 개 더 필요한지 알려 줌, p 값은 보지 않음);
+- 변형 하나라도 평가가 --min-samples 개보다 적으면 "insufficient_data" (몇 개 더 필요한지 알려 줌, p 값은 보지 않음);
 - p >= alpha 면 "no_difference" (아직 차이가 있다고 말할 수 없음);
 - p < alpha 면 "winner" (좋아요 비율이 높은 쪽).
 표본 수는 미리 정하고 그만큼 모인 뒤에 한 번 판정합니다: 모이는 동안 계속 들여다보다 처음 p < 0.05 에서 멈추면
@@ -29,7 +29,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 FEEDBACK_METRIC = "llm_experiment_feedback_total"
-REQUESTS_METRIC = "llm_experiment_requests_total"  # 피드백이 아직 없는 변이의 이름도 알기 위해
+REQUESTS_METRIC = "llm_experiment_requests_total"  # 피드백이 아직 없는 변형의 이름도 알기 위해
 PROMQL = "sum by (experiment, variant, rating) (llm_experiment_feedback_total)"
 PROMQL_REQUESTS = "sum by (experiment, variant) (llm_experiment_requests_total)"
 HTTP_TIMEOUT_SECONDS = 10.0
@@ -55,7 +55,7 @@ class Decision:
 
 
 def summarize(counts: dict[str, dict[str, int]]) -> dict[str, dict]:
-    """{변이: {"up", "down"}} -> {변이: {"up", "down", "n", "up_rate"}} (n 이 0 이면 up_rate 는 None)."""
+    """{변형: {"up", "down"}} -> {변형: {"up", "down", "n", "up_rate"}} (n 이 0 이면 up_rate 는 None)."""
     out = {}
     for name, c in counts.items():
         up, down = int(c.get("up", 0)), int(c.get("down", 0))
@@ -65,15 +65,15 @@ def summarize(counts: dict[str, dict[str, int]]) -> dict[str, dict]:
 
 
 def decide(counts: dict[str, dict[str, int]], alpha: float = 0.05, min_samples: int = 100) -> Decision:
-    """변이 둘의 피드백 수로 판정합니다. counts = {변이: {"up": 좋아요 수, "down": 싫어요 수}} (정확히 두 변이)."""
+    """변형 둘의 피드백 수로 판정합니다. counts = {변형: {"up": 좋아요 수, "down": 싫어요 수}} (정확히 두 변형)."""
     if len(counts) != 2:
-        raise InputError(f"변이 두 개를 비교합니다 (지금 {len(counts)}개: {sorted(counts)})")
+        raise InputError(f"변형 두 개를 비교합니다 (지금 {len(counts)}개: {sorted(counts)})")
     variants = summarize(counts)
     (a, sa), (b, sb) = variants.items()
     # TODO 23 (lesson §15 'A/B 테스트'): 판정하세요.
-    # 1) 변이 하나라도 평가 수 n 이 min_samples 보다 적으면 Decision("insufficient_data", None, None, <몇 개 더>, variants)
+    # 1) 변형 하나라도 평가 수 n 이 min_samples 보다 적으면 Decision("insufficient_data", None, None, <몇 개 더>, variants)
     # 2) scipy.stats.fisher_exact([[up_a, down_a], [up_b, down_b]]).pvalue 가 alpha 이상이면 "no_difference"
-    # 3) alpha 보다 작으면 "winner" (좋아요 비율이 높은 변이). 비율만 보고 고르면 우연한 차이도 승자가 됩니다.
+    # 3) alpha 보다 작으면 "winner" (좋아요 비율이 높은 변형). 비율만 보고 고르면 우연한 차이도 승자가 됩니다.
     raise NotImplementedError("TODO 23 (lesson §15 'A/B 테스트'): ab_report.decide 를 완성하세요")
 
 
@@ -131,7 +131,7 @@ def read_prometheus(base: str) -> tuple[list[tuple[dict, float]], list[dict]]:
 
 def collect(feedback: list[tuple[dict, float]], requests: list[dict],
             experiment: str | None) -> tuple[str, dict[str, dict[str, int]]]:
-    """표본 -> (실험 이름, {변이: {"up", "down"}}). 다른 레이블(복제본, otel_scope_* 등)은 더합니다."""
+    """표본 -> (실험 이름, {변형: {"up", "down"}}). 다른 레이블(복제본, otel_scope_* 등)은 더합니다."""
     experiments = sorted({labels.get("experiment") for labels, _ in feedback} |
                          {labels.get("experiment") for labels in requests} - {None})
     if experiment is None:
@@ -154,8 +154,8 @@ def collect(feedback: list[tuple[dict, float]], requests: list[dict],
         found = ", ".join(experiments) or "없음"
         raise InputError(f"실험 {experiment!r} 의 데이터가 없습니다 ({FEEDBACK_METRIC}; 메트릭에 있는 실험: {found})")
     if len(counts) != 2:
-        raise InputError(f"실험 {experiment!r} 에 변이가 {len(counts)}개 있습니다 ({', '.join(sorted(counts))}): "
-                         "이 보고서는 정확히 두 변이를 비교합니다")
+        raise InputError(f"실험 {experiment!r} 에 변형이 {len(counts)}개 있습니다 ({', '.join(sorted(counts))}): "
+                         "이 보고서는 정확히 두 변형을 비교합니다")
     return experiment, {name: {k: round(v) for k, v in c.items()} for name, c in sorted(counts.items())}
 
 
@@ -179,8 +179,8 @@ def _row(cells: list[str], widths: tuple[int, ...]) -> str:
 
 def render_text(data: dict) -> str:
     widths = (20, 8, 8, 9, 13)
-    lines = [f"실험: {data['experiment']}  (alpha {data['alpha']:g}, 변이마다 최소 평가 {data['min_samples']}개)",
-             _row(["변이", "좋아요", "싫어요", "평가 수", "좋아요 비율"], widths)]
+    lines = [f"실험: {data['experiment']}  (alpha {data['alpha']:g}, 변형마다 최소 평가 {data['min_samples']}개)",
+             _row(["변형", "좋아요", "싫어요", "평가 수", "좋아요 비율"], widths)]
     for name, s in data["variants"].items():
         rate = f"{s['up_rate']:.1%}" if s["up_rate"] is not None else "-"
         lines.append(_row([name, str(s["up"]), str(s["down"]), str(s["n"]), rate], widths))
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prometheus", metavar="URL", help="Prometheus 주소 (예: http://127.0.0.1:9090): 모든 복제본을 더함")
     parser.add_argument("--experiment", metavar="NAME", help="실험 이름 (AB_EXPERIMENT). 메트릭에 실험이 하나뿐이면 생략 가능")
     parser.add_argument("--alpha", type=float, default=0.05, help="유의 수준 (기본 0.05)")
-    parser.add_argument("--min-samples", type=int, default=100, help="변이마다 필요한 최소 평가 수 (기본 100)")
+    parser.add_argument("--min-samples", type=int, default=100, help="변형마다 필요한 최소 평가 수 (기본 100)")
     parser.add_argument("--json", action="store_true", help="결과를 JSON 으로")
     return parser
 

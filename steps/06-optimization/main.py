@@ -119,7 +119,7 @@ def load_prompt(version: str) -> str:
 
 
 SYSTEM_PROMPT = load_prompt(settings.prompt_version)
-# TODO 22 (lesson §15 'A/B 테스트'): 실험이 켜져 있으면 변이마다 프롬프트를 시작할 때 읽으세요
+# TODO 22 (lesson §15 'A/B 테스트'): 실험이 켜져 있으면 변형마다 프롬프트를 시작할 때 읽으세요
 # (experiments.check_prompts(settings.ab_variants, load_prompt)).
 
 # 관측 설정 (앱을 만들기 전에): JSON 로그, LangSmith 숨기기, Sentry, 추적. 키는 Sentry 이벤트에서 가릴 값으로만 넘깁니다.
@@ -177,7 +177,7 @@ class ChatResponse(BaseModel):
     # TODO 4 (lesson §3 '서킷 브레이커와 Fallback'): Fallback 이 답한 응답을 표시할 필드 fallback: bool (기본 False).
     # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 캐시에서 온 답을 표시할 필드 cached: bool (기본 False).
     # TODO 20 (lesson §14 '토큰 예산'): 잘린 답을 표시할 필드 truncated: bool (기본 False).
-    # TODO 22 (lesson §15 'A/B 테스트'): 답한 변이 variant: str | None (기본 None).
+    # TODO 22 (lesson §15 'A/B 테스트'): 답한 변형 variant: str | None (기본 None).
 
 
 class ErrorDetail(BaseModel):
@@ -352,10 +352,10 @@ async def invoke_llm(llm, messages: list, model: str):
 # TODO 20 (lesson §14 '토큰 예산'): 잘린 답(finish_reason MAX_TOKENS)도 절대 캐시에 두지 마세요.
 # TODO 20 (lesson §14 '토큰 예산'): answer_budget() -> {"max_output_tokens": MAX_OUTPUT_TOKENS, "thinking_budget":
 # THINKING_BUDGET} 를 답하는 모델의 클라이언트(주, Fallback, 카나리)에 넘기세요 (판정 모델은 아님).
-# TODO 22 (lesson §15 'A/B 테스트'): 질문 하나가 갈 곳(Route: 모델, 클라이언트, 프롬프트, 변이)을 고르는
-# choose_route(llm, user) 를 만드세요: experiments.assign(AB_EXPERIMENT, user, AB_VARIANTS) 의 변이.
-# 캐시의 키에도 변이의 모델과 프롬프트 버전을. 헤더 X-Variant, 로그 줄의 experiment, variant, 메트릭
-# telemetry.record_experiment (답마다, 새로 낸 비용과 함께), 판정 점수도 변이별로.
+# TODO 22 (lesson §15 'A/B 테스트'): 질문 하나가 갈 곳(Route: 모델, 클라이언트, 프롬프트, 변형)을 고르는
+# choose_route(llm, user) 를 만드세요: experiments.assign(AB_EXPERIMENT, user, AB_VARIANTS) 의 변형.
+# 캐시의 키에도 변형의 모델과 프롬프트 버전을. 헤더 X-Variant, 로그 줄의 experiment, variant, 메트릭
+# telemetry.record_experiment (답마다, 새로 낸 비용과 함께), 판정 점수도 변형별로.
 # TODO 25 (lesson §16 '카나리 모델 업데이트'): 카나리가 켜져 있으면 await canary.should_route() 로 CANARY_MODEL 에,
 # 결과(ok = 보낸 모델이 답함, 실패 = 5xx 로 끝남 또는 Fallback 이 답함)를 record(role, ok) 와
 # telemetry.record_canary 에, 결과마다 await check() (롤백이면 telemetry.record_canary_rollback). 헤더 X-Canary: true,
@@ -376,7 +376,7 @@ async def judge_answer(question: str, answer: str, answer_model: str) -> None:
     if score is None:
         logger.warning("판정 모델의 답을 읽을 수 없습니다: %.200s", reply.text)
         return
-    # TODO 22 (lesson §15 'A/B 테스트'): 점수를 돌려주세요 (변이별, 카나리 역할별 점수에 씀).
+    # TODO 22 (lesson §15 'A/B 테스트'): 점수를 돌려주세요 (변형별, 카나리 역할별 점수에 씀).
     telemetry.record_judge(answer_model, score)
 
 
@@ -423,7 +423,7 @@ async def lifespan(app: FastAPI):
     # 동시 처리 수(in_flight)와 준비 상태(ready)를 만드세요.
     # TODO 17 (lesson §11 '응답 캐시와 요청 합치기'): 시작할 때 caching.ResponseCache(CACHE_TTL_SECONDS, CACHE_MAX_ENTRIES,
     # REDIS_URL) 와 caching.Coalescer() 를 만드세요.
-    # TODO 22 (lesson §15 'A/B 테스트'): 다른 모델을 쓰는 변이마다 클라이언트 하나 (answer_client(모델)).
+    # TODO 22 (lesson §15 'A/B 테스트'): 다른 모델을 쓰는 변형마다 클라이언트 하나 (answer_client(모델)).
     # TODO 25 (lesson §16 '카나리 모델 업데이트'): canary.Canary(CANARY_MODEL, CANARY_SHARE, ...설정, REDIS_URL) 과
     # 카나리 모델의 클라이언트를 만들고, 게이지 llm_canary_active 를 켜세요.
     yield
@@ -435,7 +435,7 @@ async def lifespan(app: FastAPI):
     await app.state.llm.aclose()
     # TODO 10 (lesson §8): Fallback 클라이언트와 한도 저장소(Redis 연결)도 닫으세요.
     # TODO 17 (lesson §11): 캐시의 Redis 연결도 닫으세요.
-    # TODO 22, 25 (lesson §15, §16): 변이와 카나리의 클라이언트, 카나리의 Redis 연결도 닫으세요.
+    # TODO 22, 25 (lesson §15, §16): 변형과 카나리의 클라이언트, 카나리의 Redis 연결도 닫으세요.
     TRACER_PROVIDER.force_flush()  # 모아 둔 스팬을 지금 내보냄 (BatchSpanProcessor). 프로세스가 끝날 때 SDK 가 shutdown
     import sentry_sdk
 
@@ -539,7 +539,7 @@ async def metrics() -> Response:
 )
 # TODO 4 (lesson §3): 응답 헤더 X-Fallback 을 쓰려면 response: Response 를 받으세요.
 # TODO 19 (lesson §13 '배치 처리'): 아래 본문을 질문 하나의 함수(answer_one)로 옮기고, /chat 과 /chat/batch 의 항목이
-# 모두 그 함수를 부르게 하세요 (본문을 복사하면 캐시, Fallback, 변이가 한쪽에만 생깁니다).
+# 모두 그 함수를 부르게 하세요 (본문을 복사하면 캐시, Fallback, 변형이 한쪽에만 생깁니다).
 async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]) -> ChatResponse:
     # 입력 드리프트: 검증을 통과한 모든 질문의 길이 (LLM 이 답하기 전에, 실패한 요청도 입력은 입력).
     telemetry.set_drift(app.state.drift.observe(req.message))
@@ -582,7 +582,7 @@ async def chat(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(
         response=reply.text,
         # TODO 4 (lesson §3): model 은 실제로 답한 모델, fallback 은 Fallback 이 답했는지.
         model=settings.llm_model,
-        # TODO 20 (lesson §14): truncated. TODO 22 (lesson §15): 답한 변이와 그 변이의 프롬프트 버전.
+        # TODO 20 (lesson §14): truncated. TODO 22 (lesson §15): 답한 변형과 그 변형의 프롬프트 버전.
         prompt_version=settings.prompt_version,
         usage=Usage(
             input_tokens=usage.get("input_tokens", 0),
@@ -615,8 +615,8 @@ async def feedback(req: FeedbackRequest) -> FeedbackResponse:
     if outcome == quality.IssuedResponses.EXISTS:
         raise ApiError(409, "feedback_exists", "이 답에는 이미 피드백이 있습니다.")
     telemetry.record_feedback(req.rating, req.score)  # comment 는 메트릭에 넣지 않습니다
-    # TODO 22 (lesson §15 'A/B 테스트'): 이 답을 낸 변이의 피드백으로도 세세요 (telemetry.record_experiment_feedback):
-    # 응답 id 를 낼 때 변이를 함께 적고(shared_responses.issue(variant)), 받을 때 claim_variant 로 읽음.
+    # TODO 22 (lesson §15 'A/B 테스트'): 이 답을 낸 변형의 피드백으로도 세세요 (telemetry.record_experiment_feedback):
+    # 응답 id 를 낼 때 변형을 함께 적고(shared_responses.issue(variant)), 받을 때 claim_variant 로 읽음.
     return FeedbackResponse(response_id=req.response_id, rating=req.rating, recorded=True)
 # TODO 18 (lesson §12 '스트리밍'): POST /chat/stream 을 만드세요: /chat 과 같은 의존성(키, 한도, 동시 처리 한도)과
 # 본문, response_class=EventSourceResponse, ServerSentEvent 를 yield 하는 생성기. llm.astream 의 조각을 오는 대로

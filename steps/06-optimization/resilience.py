@@ -117,12 +117,12 @@ class SharedResponses:
     def __init__(self, redis_url: str | None):
         self.local = quality.IssuedResponses()
         self.redis = None
-        # TODO 22 (lesson §15 'A/B 테스트'): 응답 id 마다 답한 변이를 기억할 곳 (피드백을 그 변이에 셈).
+        # TODO 22 (lesson §15 'A/B 테스트'): 응답 id 마다 답한 변형을 기억할 곳 (피드백을 그 변형에 셈).
         # TODO 9 (lesson §7 '로드 밸런서 뒤의 복제본 두 개'): REDIS_URL 이 있으면 redis.asyncio.from_url(url,
         # **redis_options()) 로 클라이언트를 만드세요. 없으면 복제본마다 자기가 낸 id 만 알아
         # 다른 복제본이 낸 답의 피드백이 404 가 됩니다.
 
-    # TODO 22 (lesson §15 'A/B 테스트'): issue(variant=None) 이 변이도 함께 적게 하세요 (Redis 값 "issued|<변이>").
+    # TODO 22 (lesson §15 'A/B 테스트'): issue(variant=None) 이 변형도 함께 적게 하세요 (Redis 값 "issued|<변형>").
     async def issue(self) -> str:
         response_id = self.local.issue()
         # TODO 9 (lesson §7): Redis 에도 SET llm-chat:response:<id> issued EX RESPONSE_TTL_SECONDS
@@ -131,7 +131,7 @@ class SharedResponses:
     async def claim(self, response_id: str) -> str:
         # TODO 9 (lesson §7): Redis 에서 원자적으로 받으세요: SET <key> claimed XX GET KEEPTTL
         # (이전 값 None = 모르는 id, "claimed" = 이미 피드백 있음).
-        # TODO 22 (lesson §15 'A/B 테스트'): claim_variant(response_id) -> (결과, 변이) 도 만드세요.
+        # TODO 22 (lesson §15 'A/B 테스트'): claim_variant(response_id) -> (결과, 변형) 도 만드세요.
         return self.local.claim(response_id)
 
     async def aclose(self) -> None:

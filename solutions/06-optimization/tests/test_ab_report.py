@@ -1,5 +1,5 @@
 """06단계 2부 단위 테스트 (TODO 23, lesson §15 'A/B 테스트'): 판정 함수 decide (표본 부족, 차이 없음, 승자, 이름을 바꿔도
-같은 승자, alpha 와 최소 표본 수), 메트릭 읽기 (다른 레이블은 더함, 피드백이 없는 변이), 그리고 CLI 를 하위 프로세스로:
+같은 승자, alpha 와 최소 표본 수), 메트릭 읽기 (다른 레이블은 더함, 피드백이 없는 변형), 그리고 CLI 를 하위 프로세스로:
 이 테스트가 띄운 작은 HTTP 서버의 /metrics 와 Prometheus HTTP API, 닿지 않는 주소(종료 코드 2, 한국어 stderr)."""
 
 import json
@@ -229,5 +229,5 @@ def test_cli_three_variants_or_no_data_exit_2():
     with Server(exposition(three)) as server:
         many = cli("--metrics-url", server.url + "/metrics", "--experiment", EXPERIMENT)
         none = cli("--metrics-url", server.url + "/metrics", "--experiment", "missing-exp")
-    assert many.returncode == 2 and "정확히 두 변이" in many.stderr
+    assert many.returncode == 2 and "정확히 두 변형" in many.stderr
     assert none.returncode == 2 and "데이터가 없습니다" in none.stderr

@@ -68,7 +68,7 @@ def test_experiment_settings_are_checked_at_start(service):
         service.Settings(ab_experiment="Bad Name", ab_variants=json.dumps(VARIANTS))
     ok = service.Settings(ab_experiment="x", ab_variants=json.dumps(VARIANTS))
     assert list(ok.ab_variants) == ["control", "treatment"] and ok.ab_variants["control"].weight == 0.3
-    assert service.Settings(ab_variants="").ab_variants == {}  # 실험이 꺼져 있으면 변이는 없어도 됨
+    assert service.Settings(ab_variants="").ab_variants == {}  # 실험이 꺼져 있으면 변형은 없어도 됨
 
 
 def test_ab_and_canary_together_refuse_to_start(service):
@@ -124,7 +124,7 @@ def users_per_variant(service):
         found.setdefault(expected_variant(service, f"user{i}"), f"user{i}")
         if len(found) == 2:
             return found
-    raise AssertionError("두 변이의 사용자를 찾지 못함")
+    raise AssertionError("두 변형의 사용자를 찾지 못함")
 
 
 def test_variants_never_share_cache_entries(service, experiment, monkeypatch):

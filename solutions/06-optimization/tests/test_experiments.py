@@ -1,5 +1,5 @@
 """06단계 2부 단위 테스트 (TODO 21, lesson §15 'A/B 테스트'): AB_VARIANTS 의 검사, 해시 배정의 몫(20000명),
-끈끈함(같은 사용자는 늘 같은 변이), 실험끼리의 독립, user_id 가 없을 때의 사용자 키. 네트워크도 LLM 도 쓰지 않습니다."""
+끈끈함(같은 사용자는 늘 같은 변형), 실험끼리의 독립, user_id 가 없을 때의 사용자 키. 네트워크도 LLM 도 쓰지 않습니다."""
 
 import hashlib
 from collections import Counter
@@ -98,7 +98,7 @@ def test_split_follows_the_weights_over_20000_users(weights):
 
 
 def test_assignment_walks_the_weights_in_dict_order():
-    # 같은 사용자의 bucket 이 0.3 보다 작으면 첫 변이: 순서를 바꾸면 구간도 바뀜
+    # 같은 사용자의 bucket 이 0.3 보다 작으면 첫 변형: 순서를 바꾸면 구간도 바뀜
     vs = variants(control=0.3, treatment=0.7)
     for user in USERS[:500]:
         expected = "control" if experiments.bucket("exp-order", user) < 0.3 else "treatment"
