@@ -322,17 +322,19 @@ def _questions() -> list[str]:
 
 
 def load(url: str, users: int = 8, seconds: float = 15, faults: Sequence[tuple[float, float, Mapping[str, Any]]] = (),
-         env: Mapping[str, str] | None = None) -> LoadResult:
+         env: Mapping[str, str] | None = None, stop_timeout: float = 0) -> LoadResult:
     """A headless Locust run (a subprocess) of WidgetUser against `url` for `seconds`. Each `faults`
     entry (from_s, to_s, {simulator config}) applies that simulator configuration during that
-    part of the run, then puts the previous one back (also on error)."""
+    part of the run, then puts the previous one back (also on error). `stop_timeout` (Locust's
+    --stop-timeout): seconds the users may take at the end to finish the request they are in, so that
+    every request the service answered is in the statistics (0: they are stopped mid-request)."""
     sim = lesson.simulator()
     folder = Path(tempfile.mkdtemp(prefix="locust-", dir=lesson.workdir()))
     long_q = "다음 오류 로그를 보고 원인을 알려 주세요: " + " ".join(f"ERROR worker-{i} timeout after 30s" for i in range(6))
     (folder / "locustfile.py").write_text(LOCUSTFILE.format(questions=_questions(), long=long_q), encoding="utf-8")
     cmd = [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", str(users), "-r", str(users),
            "-t", f"{int(seconds)}s", "--host", url, "--json-file", "run", "--only-summary", "--loglevel", "WARNING",
-           "--stop-timeout", "0"]
+           "--stop-timeout", f"{stop_timeout:g}"]
     full_env = {**os.environ, "WIDGET_API_KEY": WIDGET_KEY, **(env or {})}
     saved = sim.config()
     applied: list[tuple[float, float, dict[str, Any]]] = []
@@ -355,7 +357,7 @@ def load(url: str, users: int = 8, seconds: float = 15, faults: Sequence[tuple[f
     worker = threading.Thread(target=schedule, args=(started,), daemon=True)
     worker.start()
     try:
-        output, _ = proc.communicate(timeout=seconds + 60)
+        output, _ = proc.communicate(timeout=seconds + stop_timeout + 60)
     except BaseException:
         from .procs import stop_process
 

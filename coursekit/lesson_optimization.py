@@ -14,6 +14,7 @@
     split = lo.users_split(widget.url, n_users=400)            # A/B: each user_id's variant (X-Variant)
     lo.variant_quality(sim)                                    # per variant: good/bad answers from the sim's log
     tl = lo.canary_timeline(widget.url, n=200)                 # per request: canary?, ok? (+ GET /canary)
+    lr = lo.locust_run(widget.url, sim, users=10, seconds=8)   # step 04's headless Locust + the sim's tokens, cost
 
 The demo service lives in coursekit/data/faq_widget_prod/ (copied into the lesson's work folder). Everything
 started here is stopped by PID when the kernel exits and by `lesson.cleanup()`. Messages meant for people
@@ -39,8 +40,8 @@ import httpx
 from . import lesson, sse
 
 __all__ = ["DEMO_SOURCE", "OTHER_KEY", "WIDGET_KEY", "BatchTiming", "BurstResult", "CanaryTimeline", "LoadResult",
-           "SplitResult", "StreamTiming", "ab_questions", "batch_timing", "burst", "canary_timeline",
-           "disconnect_after_first", "load", "metric", "show", "sim_rows", "start_balancer", "start_redis",
+           "LocustRun", "SplitResult", "StreamTiming", "ab_questions", "batch_timing", "burst", "canary_timeline",
+           "disconnect_after_first", "load", "locust_run", "metric", "show", "sim_rows", "start_balancer", "start_redis",
            "start_replicas", "start_widget", "stream_timing", "token_summary", "users_split", "variant_quality",
            "widget_prompts"]
 
@@ -684,3 +685,70 @@ def canary_timeline(url: str, n: int = 200, users: int = 4, questions: Sequence[
     _in_thread(main)
     out.rows = rows
     return out
+
+
+# --------------------------------------------------------------------------- closing comparison with Locust
+@dataclass
+class LocustRun:
+    """One headless Locust run against the widget (step 04's runner and locustfile,
+    `coursekit.lesson_monitoring.load`) and what the simulator counted meanwhile: `upstream_calls`
+    (generateContent, each retry counts) and `tokens` (`token_summary`: tokens, MAX_TOKENS cuts, cost).
+    The widget's /metrics has no token or cost metric, so tokens and cost come from the simulator;
+    `widget_metrics` lists the widget_* metric names it does expose."""
+
+    locust: Any                       # coursekit.lesson_monitoring.LoadResult
+    upstream_calls: int
+    tokens: dict[str, Any]
+    widget_metrics: list[str] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return int(self.locust.by_name.get("POST /ask", {}).get("requests", 0))
+
+    @property
+    def p50(self) -> float:
+        return self.locust.by_name.get("POST /ask", {}).get("p50", math.nan)
+
+    @property
+    def p95(self) -> float:
+        return self.locust.by_name.get("POST /ask", {}).get("p95", math.nan)
+
+    def _per(self, value: float) -> float:
+        return value / self.requests if self.requests else math.nan
+
+    @property
+    def calls_per_request(self) -> float:
+        return self._per(self.upstream_calls)
+
+    @property
+    def tokens_per_request(self) -> float:
+        """Output + thinking tokens (both billed at the output price) per answered request."""
+        return self._per(self.tokens["output_tokens"] + self.tokens["thoughts_tokens"])
+
+    @property
+    def cost_per_request(self) -> float:
+        return self._per(self.tokens["cost_usd"])
+
+    def summary(self, label: str = "") -> str:
+        ask = self.locust.by_name.get("POST /ask", {})
+        return (f"{label}Locust 요청 {self.requests}개 (실패 {ask.get('failures', 0):.0f}), {ask.get('rps', math.nan):.1f} req/s, "
+                f"p50 {self.p50:.3f}s p95 {self.p95:.3f}s | 시뮬레이터: 업스트림 호출 "
+                f"{self.upstream_calls}번 (요청당 {self.calls_per_request:.2f}), 출력+사고 토큰 요청당 "
+                f"{self.tokens_per_request:.1f}, 잘린 답 {self.tokens['truncated']}, 비용 요청당 ${self.cost_per_request:.7f}")
+
+
+def locust_run(url: str, sim, users: int = 10, seconds: float = 8, stop_timeout: float = 5) -> LocustRun:
+    """Reset the simulator's counters, run step 04's headless Locust (POST /ask over the knowledge base's
+    questions, no votes: this widget has no /votes) against `url`, letting the users finish the request they
+    are in at the end (`stop_timeout` s: otherwise upstream calls would be counted for requests Locust never
+    recorded), then read the simulator's counters and the widget's metric names."""
+    from . import lesson_monitoring
+
+    sim.reset()
+    run = lesson_monitoring.load(url, users=users, seconds=seconds, env={"VOTE_SHARE": "0"}, stop_timeout=stop_timeout)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url.rstrip("/") + "/metrics", timeout=10, follow_redirects=True).text
+    names = sorted(f.name for f in text_string_to_metric_families(text)
+                   if f.name.startswith("widget_") and not f.name.endswith("_created"))
+    return LocustRun(run, sim.upstream_calls(), token_summary(sim), names)

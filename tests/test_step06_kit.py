@@ -537,3 +537,23 @@ def test_widget_canary_rolls_back_a_failing_model_only_when_rollback_is_on(own_s
     assert settled < 80 and max(with_rb.rolling_error_rate(20)[settled:]) == 0
     assert max(without.rolling_error_rate(20)[settled:]) > 0
     assert lo.metric(on.url, "widget_canary_requests_total") == 80 + 20
+
+
+def test_locust_run_compares_before_and_after_with_step04_locust(own_sim):
+    """§17's closing comparison: step 04's headless Locust against the widget, the simulator's counters per request."""
+    from coursekit import lesson_optimization as lo
+
+    own_sim.configure(latency="zero")
+    before = lo.locust_run(lo.start_widget({}, name="locust-before").url, own_sim, users=4, seconds=3)
+    after = lo.locust_run(lo.start_widget({"WIDGET_CACHE_TTL": "60", "WIDGET_MAX_OUTPUT_TOKENS": "256",
+                                           "WIDGET_THINKING_BUDGET": "0"}, name="locust-after").url,
+                          own_sim, users=4, seconds=3)
+    print(before.summary("before: "), "|", after.summary("after: "))
+    assert before.requests > 20 and after.requests > 20
+    assert before.locust.failures == 0 and after.locust.failures == 0
+    assert 0.9 <= before.calls_per_request <= 1.1                    # no cache: one upstream call per answer
+    assert after.upstream_calls <= 36 < after.requests       # at most one miss per KB question (measured 31 of 64)
+    assert after.cost_per_request < before.cost_per_request and before.tokens["cost_usd"] > 0
+    assert after.tokens["truncated"] == 0                              # 256 is above every FAQ answer
+    assert "widget_fallbacks" in before.widget_metrics               # family names, as the parser gives them
+    assert not any("token" in n or "cost" in n for n in before.widget_metrics)   # hence the simulator's accounting
