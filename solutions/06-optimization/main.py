@@ -795,7 +795,7 @@ def answer_budget() -> dict:
 
 def answer_client(model: str) -> ChatGoogleGenerativeAI:
     """답하는 모델의 클라이언트 하나: 주 모델과 같은 키, 주소, 시간 초과, 재시도 없음(invoke_llm 이 함), 토큰 예산."""
-    return ChatGoogleGenerativeAI(
+    client = ChatGoogleGenerativeAI(
         model=model,
         api_key=settings.google_api_key,
         base_url=settings.google_gemini_base_url,
@@ -804,6 +804,7 @@ def answer_client(model: str) -> ChatGoogleGenerativeAI:
         client_args={"event_hooks": {"request": [observability.add_upstream_headers]}},
         **answer_budget(),
     )
+    return client
 
 
 @dataclass(frozen=True)
