@@ -65,3 +65,19 @@ def test_install_scripts_work_without_root():
         for line in calls:
             assert "$SUDO" in line, f"{script.name}: root 가 아니면 sudo 로 apt-get 을 불러야 합니다: {line.strip()}"
         assert 'SUDO="sudo"' in text, script.name
+
+
+def test_docs_workflow_installs_what_the_lessons_start_before_building():
+    """The site build executes the lessons; steps 04-06 start Prometheus, Alertmanager, MLflow, Redis and nginx.
+    Without them the Pages build fails on GitHub (allow_errors: false), so docs.yml installs them with the same
+    scripts as .ci/run, after removing solutions/ and before `make docs-build`."""
+    docs = YAML(typ="safe", pure=True).load((REPO_ROOT / ".github" / "workflows" / "docs.yml").read_text(encoding="utf-8"))
+    steps = docs["jobs"]["build"]["steps"]
+    runs = [logical_lines(s.get("run", "")) for s in steps]
+    install = next(i for i, r in enumerate(runs) if "bash .ci/install-redis-nginx.sh" in r)
+    assert {"bash .ci/install-prometheus.sh", "make tracing-backend"} <= set(runs[install])
+    build = next(i for i, r in enumerate(runs) if "make docs-build" in r)
+    assert install < build
+    for script in runs[install]:
+        if script.startswith("bash .ci/"):
+            assert (REPO_ROOT / script.split()[1]).is_file(), script
