@@ -1,0 +1,100 @@
+"""Reliability suite, part 1 (issue 17): property-based API fuzzing of every step's SOLUTION service from its own
+OpenAPI schema (schemathesis), against the real uvicorn process on loopback with the course simulator behind it.
+
+Per operation and generation mode (positive: valid per the schema; negative: violates it) a fixed number of
+derandomized cases (`reliability_support.MAX_EXAMPLES`); every response must be a non-5xx with a documented
+status code, content type, body schema and headers, and negative cases must be rejected with a 4xx. Each
+request is bounded (`REQUEST_TIMEOUT_S`), so a hang fails the case instead of stalling the suite.
+
+Streaming (`POST /chat/stream`, step 06): its 200 is `text/event-stream` without a JSON schema, so schemathesis
+checks its status and content type but cannot check the events' bodies (the SSE events are checked by the
+step 06 grader); its error responses are checked like every other operation's.
+"""
+
+from __future__ import annotations
+
+import pytest
+from schemathesis import GenerationMode
+
+import reliability_support as rs
+from grader.harness import copy_step, run_service
+
+POS, NEG = GenerationMode.POSITIVE, GenerationMode.NEGATIVE
+
+# The operations each step's schema documents (a new endpoint must be added here: test_schema_operations_listed).
+OPERATIONS = {
+    "01-docker": ["GET /health", "POST /chat"],
+    "02-fastapi": ["GET /health", "POST /chat"],
+    "03-cicd": ["GET /health", "POST /chat"],
+    "04-monitoring": ["GET /health", "POST /chat", "POST /feedback"],
+    "05-logging": ["GET /health", "POST /chat", "POST /feedback"],
+    "06-optimization": ["GET /health", "GET /ready", "POST /chat", "POST /feedback", "POST /chat/stream",
+                        "POST /chat/batch", "GET /canary"],
+}
+
+# Known failures found by this suite (the lead decides; the owners' files are not edited here).
+# strict=True: once fixed, the case passes and the xfail must be removed.
+STEP01_500 = ("by design? the outline's quick-start app has no input validation: POST /chat?message= (empty) -> "
+              "simulator 400 -> unhandled exception -> 500 (solutions/01-docker/main.py:23 `llm.invoke(message)`); "
+              "step 02 fixes it")
+KNOWN = {
+    ("01-docker", "POST /chat", POS): STEP01_500,
+    ("01-docker", "POST /chat", NEG): STEP01_500,
+    ("06-optimization", "POST /chat", NEG): (
+        "422 is documented as ErrorResponse {error:{code,message}} (solutions/06-optimization/main.py:1238) but "
+        "request validation answers FastAPI's {detail:[...]}, e.g. body b'\\x00'"),
+    ("06-optimization", "POST /chat/batch", NEG): (
+        "422 documented as ErrorResponse (solutions/06-optimization/main.py:1538) but request validation "
+        "(a blank item, a body that is not JSON) answers FastAPI's {detail:[...]}"),
+    ("06-optimization", "POST /chat/stream", NEG): (
+        "response_class=EventSourceResponse makes every documented response of /chat/stream text/event-stream "
+        "in the schema (solutions/06-optimization/main.py:1441-1451), but 401/422/... answer application/json"),
+}
+
+
+def cases():
+    for step, ops in OPERATIONS.items():
+        for label in ops:
+            for mode in (POS, NEG):
+                marks = []
+                if (step, label, mode) in KNOWN:
+                    marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[step, label, mode]))
+                yield pytest.param(step, label, mode, id=f"{step}-{label.replace(' ', '')}-{mode.value}",
+                                   marks=marks)
+
+
+@pytest.fixture(scope="module")
+def services(simulator, tmp_path_factory):
+    """One running solution service per step (started on first use, stopped by PID at module end)."""
+    from contextlib import ExitStack
+
+    started: dict[str, tuple] = {}
+    with ExitStack() as stack:
+        def get(step: str):
+            if step not in started:
+                root = tmp_path_factory.mktemp(f"reliability-{step}")
+                folder = copy_step(rs.SOLUTIONS / step, root)
+                svc = stack.enter_context(run_service(folder, env=rs.service_env(step[:2], simulator.base_url, root),
+                                                      name=f"{step} (reliability)"))
+                started[step] = (svc, rs.operations(rs.load_schema(svc.base_url)))
+            return started[step]
+
+        yield get
+
+
+@pytest.mark.parametrize("step", list(OPERATIONS))
+def test_schema_operations_listed(services, step):
+    _, ops = services(step)
+    assert sorted(ops) == sorted(OPERATIONS[step]), f"{step}: update OPERATIONS for the schema's operations"
+
+
+@pytest.mark.parametrize("step, label, mode", list(cases()))
+def test_fuzz_operation(services, simulator, step, label, mode):
+    svc, ops = services(step)
+    op = ops[label]
+    if mode is NEG and not rs.has_inputs(op):
+        pytest.skip(f"{label} takes no body or parameters: there is no invalid input to generate")
+    simulator.reset(config=True)
+    seen = rs.fuzz(op, svc.base_url, mode, where=f"solutions/{step}")
+    assert svc.alive, f"solutions/{step}: the service died while fuzzing {label}:\n{svc.tail()}"
+    assert seen, f"solutions/{step} {label}: no case was generated"
