@@ -4,6 +4,7 @@ settings), and a bounded, derandomized schemathesis run of one API operation."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import schemathesis
@@ -67,6 +68,41 @@ def has_inputs(op) -> bool:
     return bool(op.body or op.query or op.path_parameters or op.headers or op.cookies)
 
 
+def content_type(response) -> str:
+    """The Content-Type of a schemathesis Response (its headers map names to lists of values)."""
+    values = response.headers.get("content-type") or [""]
+    return values[0] if isinstance(values, list) else values
+
+
+def sse_problem(text: str) -> str | None:
+    """schemathesis has no schema for a `text/event-stream` body, so the stream's documented shape is checked
+    here: every event's data is JSON, `delta` events carry {"text"}, and the stream ends with exactly one
+    `done` (with response_id, model, usage) or `error` ({"error": {"code", "message"}}) event."""
+    events = []
+    for block in text.replace("\r\n", "\n").strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "data" not in fields:
+            continue
+        try:
+            data = json.loads(fields["data"])
+        except ValueError:
+            return f"SSE event data is not JSON: {fields['data'][:200]!r}"
+        events.append((fields.get("event", "message"), data))
+    if not events:
+        return f"empty event stream: {text[:200]!r}"
+    names = [name for name, _ in events]
+    last, data = events[-1]
+    if last not in ("done", "error") or names.count("done") + names.count("error") != 1:
+        return f"the stream must end with one done or error event, got {names}"
+    if any(name != "delta" or not isinstance(d.get("text"), str) for name, d in events[:-1]):
+        return f"events before the last must be delta {{text}}: {names}"
+    if last == "done" and not {"response_id", "model", "usage"} <= set(data):
+        return f"done event without response_id/model/usage: {data}"
+    if last == "error" and not {"code", "message"} <= set(data.get("error") or {}):
+        return f"error event without error.code/message: {data}"
+    return None
+
+
 def fuzz(op, base_url: str, mode: GenerationMode, where: str, max_examples: int = MAX_EXAMPLES) -> dict[int, int]:
     """Run up to `max_examples` derandomized cases of `op` against the live service (the documented key in
     X-API-Key; negative cases may still drop or break it, and 401 is documented) and check each response. Returns {status: count}.
@@ -82,9 +118,13 @@ def fuzz(op, base_url: str, mode: GenerationMode, where: str, max_examples: int 
         response = case.call(base_url=base_url, headers={"X-API-Key": SERVICE_KEY}, timeout=REQUEST_TIMEOUT_S)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
         case.validate_response(response, checks=checks)
+        if response.status_code == 200 and content_type(response).startswith("text/event-stream"):
+            problem = sse_problem(response.text)
+            assert problem is None, f"{problem}\n\nReproduce with:\n\n    {case.as_curl_command()}"
 
     try:
         run()
-    except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup is a BaseExceptionGroup
+    # schemathesis' FailureGroup is a BaseExceptionGroup; a timeout or a dropped connection is an OSError (requests).
+    except (AssertionError, BaseExceptionGroup, OSError) as exc:
         raise AssertionError(f"{where} {op.label} ({mode.value} cases, statuses seen {seen}):\n{exc}") from None
     return seen

@@ -271,3 +271,52 @@ def test_many_vanishing_streams_leak_nothing(sim, client):
                    and st_["streams"]["completed"] + st_["streams"]["abandoned"] == 20,
                    "every stream completed or abandoned, in_flight 0")
     assert stats["streams"]["abandoned"] >= 1, stats["streams"]
+
+
+def test_any_api_key_value(client):
+    """Any ASCII key value (header or ?key=) is accepted or refused Google-style, never a 5xx."""
+    @FUZZ
+    @given(key=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=60),
+           where=st.sampled_from(["header", "query"]))
+    def run(key, where):
+        if where == "header":
+            r = client.post(GEN, json=VALID, headers={"x-goog-api-key": key})
+        else:
+            r = client.post(GEN, json=VALID, params={"key": key})
+        answer_or_error(r, f"key {key!r} in {where}")
+
+    run()
+
+
+def test_vanishing_clients_while_queued(sim, client):
+    """With max_concurrency=1 and a slow first token, one request generates and the next queues; both clients
+    give up: the queued one leaves the queue at once (499); the generating one holds its slot until its delay
+    has passed (a unary answer does not watch for disconnects, coursekit/simulator/app.py:446 — bounded, not a
+    leak); afterwards nothing is active, queued or in flight."""
+    import threading
+
+    slow = 2.5
+    sim.configure(max_concurrency=1, slow_first_token_seconds=slow)
+    outcomes: list[str] = []
+
+    def give_up():
+        try:
+            with httpx.Client(base_url=sim.base_url, timeout=1.0) as c:
+                c.post(GEN, json=VALID, headers={"x-goog-api-key": KEY})
+            outcomes.append("answered")
+        except httpx.ReadTimeout:
+            outcomes.append("timeout")
+
+    threads = [threading.Thread(target=give_up) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    settle(sim, lambda st_: st_["active"] == 1 and st_["queued"] == 1, "one request active, one queued")
+    for t in threads:
+        t.join(timeout=TIMEOUT)
+    assert outcomes == ["timeout", "timeout"], outcomes
+    settle(sim, lambda st_: st_["queued"] == 0 and st_["by_status"].get("499") == 1,
+           "the queued request gone (499) right after its client left", within=1.0)
+    stats = settle(sim, lambda st_: st_["in_flight"] == 0 and st_["queued"] == 0 and st_["active"] == 0,
+                   "active, queued and in_flight back to 0", within=slow + 3)
+    assert stats["queued_total"] == 1, stats["queued_total"]
