@@ -1,0 +1,630 @@
+"""The course's own benchmark (issue 17): each step's service against the ceiling and its peers.
+
+One simulator (coursekit.simulator, zero and realistic latency) and one load generator load, in turn,
+one service process at a time (uvicorn, one worker, `--no-access-log` for every target alike):
+
+* quick-start  the outline's "빠른 시작" app: a blocking `llm.invoke` inside `async def` (event loop blocked)
+* step02..06   each step's solution (solutions/NN-*/, copied without .env) with the grader's settings;
+               step 06 with its middleware on (JSON logs + encrypted prompt log, Prometheus metrics,
+               OpenTelemetry spans in-process without an exporter, rate limit set high, in-flight cap 256,
+               response cache on) and unique questions, so every request takes the cache-miss path
+* step06-warm  the same step 06 service asked one repeated question (cache hits after the first)
+* bare         a bare FastAPI endpoint making the same `ainvoke` call: the ceiling of this path
+* stream       the same call through FastAPI's own StreamingResponse (`astream`)
+* langserve    the same model served by LangServe's `add_routes` (only if langserve is importable:
+               it is not a course dependency; see --langserve-path)
+
+Load generator: a small asyncio keep-alive HTTP/1.1 client (uvloop) in this process: N users, each sends
+one request at a time until the deadline (closed loop, no think time), then waits up to a drain time for
+its last request; a request still unanswered then counts as a failure and its waiting time so far
+enters the percentiles as a lower bound (the p-values are then printed with ">="). Locust headless is not
+used: a Locust run costs seconds of start-up per cell, which does not fit the quick mode's minute.
+
+Per cell: requests, requests/s, p50/p95/p99, failures (non-2xx or unanswered), upstream calls per
+request (the simulator's counters), CPU seconds of the service process during the cell and its peak RSS
+so far (psutil, else /proc). The page docs/benchmark.md is written from the template below.
+
+    make bench                                        # full: 1, 10, 50, 200 users, both latencies
+    .venv/bin/python benchmarks/bench.py --quick      # under a minute: fewer cells, short
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.metadata as md
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from coursekit.simulator import SimulatorProcess
+
+SERVICE_KEY = "lab-service-key"
+GOOGLE_KEY = "sim-any-key"
+MODEL = "gemini-3.5-flash"
+P95_LIMIT = 3.0          # the course's p95 limit (step 02's latency check)
+RATIO_TARGET = 0.8       # step 06 / bare at zero latency
+QUESTION = "요금제가 어떻게 돼요?"
+# --quick loads these at realistic latency too (the rest only at zero: at realistic latency every
+# service waits on the same upstream, and each such cell costs the duration plus a whole answer).
+QUICK_REALISTIC = ("quick-start", "step06", "bare")
+DEFAULT_OUTPUT = ROOT / "docs" / "benchmark.md"
+DEFAULT_LANGSERVE = ROOT / ".venv" / "bench-langserve"
+KEY_PACKAGES = ["fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "langchain-core",
+                "langchain-google-genai", "google-genai", "httpx", "psutil", "langserve"]
+
+QUICK_START = '''\
+# FastAPI 서버
+from fastapi import FastAPI
+from langchain_google_genai import ChatGoogleGenerativeAI
+
+app = FastAPI()
+llm = ChatGoogleGenerativeAI(model="gemini-2.0-flash-exp")
+
+@app.post("/chat")
+async def chat(message: str):
+    response = llm.invoke(message)
+    return {"response": response.content}
+'''
+
+PEER_APP = '''\
+# The ceiling and its peers: the same ainvoke/astream call, nothing else.
+import os
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from langchain_google_genai import ChatGoogleGenerativeAI
+
+app = FastAPI()
+llm = ChatGoogleGenerativeAI(model=os.environ["LLM_MODEL"], max_retries=2, timeout=30)
+
+
+class ChatRequest(BaseModel):
+    message: str
+
+
+@app.post("/chat")
+async def chat(req: ChatRequest):
+    reply = await llm.ainvoke(req.message)
+    return {"response": reply.text}
+
+
+@app.post("/chat/stream")
+async def chat_stream(req: ChatRequest):
+    async def chunks():
+        async for chunk in llm.astream(req.message):
+            yield chunk.text
+    return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8")
+
+
+if os.environ.get("BENCH_LANGSERVE"):
+    from langserve import add_routes
+    add_routes(app, llm, path="/chain")
+'''
+
+
+# --------------------------------------------------------------------------- targets
+@dataclass
+class Target:
+    name: str
+    label: str                 # Korean description for the page
+    folder: Path | None        # copy of a step folder, or None for a generated app
+    source: str | None = None  # generated main.py
+    path: str = "/chat"
+    kind: str = "json"         # json | query | langserve
+    env: dict[str, str] = field(default_factory=dict)
+    warm: bool = False         # one repeated question (cache warm) instead of unique ones
+    process: str = ""          # targets with the same process name share one service process
+    absent: str | None = None  # why the row is absent
+
+
+def step_folder(prefix: str) -> Path:
+    return next(p for p in sorted((ROOT / "solutions").iterdir()) if p.name.startswith(prefix))
+
+
+def fernet_key() -> str:
+    from cryptography.fernet import Fernet
+    return Fernet.generate_key().decode()
+
+
+def targets(names: list[str] | None, langserve_path: Path, logs: Path) -> list[Target]:
+    common = {"SERVICE_API_KEY": SERVICE_KEY, "GOOGLE_API_KEY": GOOGLE_KEY, "LLM_MODEL": MODEL,
+              "LLM_TIMEOUT_SECONDS": "30", "LLM_MAX_ATTEMPTS": "2", "JUDGE_SAMPLE_RATE": "0"}
+    logged = {"LOG_DIR": str(logs), "LOG_LEVEL": "INFO", "PROMPT_ENCRYPTION_KEYS": fernet_key()}
+    step06 = {**common, **logged, "RATE_LIMIT": "1000000/minute", "MAX_IN_FLIGHT": "256",
+              "REQUEST_DEADLINE_SECONDS": "30", "CACHE_TTL_SECONDS": "300"}
+    ls_absent = None
+    if not (langserve_path / "langserve").is_dir():
+        ls_absent = (f"langserve 가 없음 ({langserve_path.relative_to(ROOT) if langserve_path.is_relative_to(ROOT) else langserve_path}"
+                     f"에 설치: .venv/bin/pip install --target {langserve_path} 'langserve[server]==0.3.3' "
+                     "'sse-starlette==1.8.2' --no-deps; 코스 의존성이 아님)")
+    all_targets = [
+        Target("quick-start", "개요의 빠른 시작 앱 (async def 안의 블로킹 invoke, "
+               "모델 gemini-2.0-flash-exp 는 시뮬레이터의 기본 프로필)", None, QUICK_START, kind="query",
+               env={"GOOGLE_API_KEY": GOOGLE_KEY}),
+        Target("step02", "02 solution", step_folder("02"), env=common),
+        Target("step03", "03 solution", step_folder("03"), env=common),
+        Target("step04", "04 solution (메트릭)", step_folder("04"), env=common),
+        Target("step05", "05 solution (로그·암호화 프롬프트 로그·스팬)", step_folder("05"), env={**common, **logged}),
+        Target("step06", "06 solution, 미들웨어 켬, 캐시 miss (매번 다른 질문)", step_folder("06"), env=step06),
+        Target("step06-warm", "06 solution, 캐시 warm (같은 질문 반복; step06 과 같은 프로세스)", step_folder("06"),
+               env=step06, warm=True, process="step06"),
+        Target("bare", "FastAPI 엔드포인트 + ainvoke 만 (이 경로의 상한)", None, PEER_APP, env=common),
+        Target("stream", "FastAPI StreamingResponse + astream (bare 와 같은 프로세스)", None, PEER_APP,
+               path="/chat/stream", env=common, process="bare"),
+        Target("langserve", "LangServe add_routes (/chain/invoke)", None, PEER_APP, path="/chain/invoke",
+               kind="langserve", env={**common, "BENCH_LANGSERVE": "1", "PYTHONPATH": str(langserve_path)},
+               absent=ls_absent),
+    ]
+    if names:
+        unknown = set(names) - {t.name for t in all_targets}
+        if unknown:
+            raise SystemExit(f"알 수 없는 대상: {', '.join(sorted(unknown))}")
+        all_targets = [t for t in all_targets if t.name in names]
+    for t in all_targets:
+        t.process = t.process or t.name
+    return all_targets
+
+
+# --------------------------------------------------------------------------- service process
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    def __init__(self, target: Target, sim: SimulatorProcess, tmp: Path):
+        if target.folder is not None:
+            cwd = tmp / target.name
+            shutil.copytree(target.folder, cwd, ignore=shutil.ignore_patterns(
+                "__pycache__", ".venv", ".env", "logs", ".pytest_cache"))
+        else:
+            cwd = tmp / target.name
+            cwd.mkdir()
+            (cwd / "main.py").write_text(target.source, encoding="utf-8")
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("OTEL_", "LANGSMITH_", "LANGCHAIN_", "SENTRY_", "GOOGLE_", "GEMINI_"))
+               and k not in ("SERVICE_API_KEY", "REDIS_URL", "PYTHONPATH")}
+        env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                    "GOOGLE_GEMINI_BASE_URL": sim.base_url}, **target.env)
+        if target.env.get("LOG_DIR"):
+            env["LOG_DIR"] = str(tmp / f"{target.name}-logs")
+        self.log = tmp / f"{target.name}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--no-access-log", "--log-level", "warning"],
+                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{target.name} 이(가) 시작하지 못함:\n{self.tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{target.name}: 60초 안에 포트가 열리지 않음:\n{self.tail()}")
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def cpu_seconds(self) -> float:
+        try:
+            import psutil
+            t = psutil.Process(self.proc.pid).cpu_times()
+            return t.user + t.system
+        except ImportError:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        import psutil  # not Linux
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --------------------------------------------------------------------------- load generator
+RUN_TAG = os.urandom(4).hex()
+UNIQUE = iter(range(10**12))   # one counter for the whole run: no question repeats across cells
+
+
+def request_bytes(target: Target, port: int) -> bytes:
+    from urllib.parse import quote
+    message = QUESTION if target.warm else f"{QUESTION} (질문 {RUN_TAG}-{next(UNIQUE)})"
+    path, body = target.path, b""
+    if target.kind == "query":
+        path = f"{path}?message={quote(message)}"
+    elif target.kind == "langserve":
+        body = json.dumps({"input": message}, ensure_ascii=False).encode()
+    else:
+        body = json.dumps({"message": message}, ensure_ascii=False).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"X-API-Key: {SERVICE_KEY}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length, chunked = None, False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif length:
+        await reader.readexactly(length)
+    return status
+
+
+@dataclass
+class Load:
+    requests: int
+    failures: int
+    unanswered: int
+    seconds: float
+    latencies: list[float]
+
+
+async def run_load(target: Target, port: int, users: int, duration: float, drain: float) -> Load:
+    latencies: list[float] = []
+    failures = 0
+    inflight: dict[int, float] = {}
+
+    async def user(uid: int, deadline: float) -> None:
+        nonlocal failures
+        reader = writer = None
+        while time.perf_counter() < deadline:
+            if writer is None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            req = request_bytes(target, port)
+            t0 = inflight[uid] = time.perf_counter()
+            try:
+                writer.write(req)
+                status = await read_response(reader)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                status = 0
+                writer.close()
+                writer = None
+            latencies.append(time.perf_counter() - t0)
+            del inflight[uid]
+            if not 200 <= status < 300:
+                failures += 1
+        if writer is not None:
+            writer.close()
+
+    start = time.perf_counter()
+    deadline = start + duration
+    tasks = [asyncio.ensure_future(user(u, deadline)) for u in range(users)]
+    done, pending = await asyncio.wait(tasks, timeout=duration + drain)
+    now = time.perf_counter()
+    unanswered = len(inflight)
+    latencies.extend(now - t0 for t0 in inflight.values())    # lower bounds
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in done:
+        if t.exception() is not None:
+            raise t.exception()
+    return Load(len(latencies), failures + unanswered, unanswered, now - start, latencies)
+
+
+def settle(port: int, timeout: float) -> None:
+    """After a cell that left requests unanswered, wait until the service answers again (a blocked
+    event loop still works through the abandoned requests), so the next cell does not pay for them."""
+    import httpx
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]   # nearest rank
+
+
+@dataclass
+class Row:
+    target: str
+    latency: str
+    users: int
+    requests: int
+    rps: float
+    p50: float
+    p95: float
+    p99: float
+    failures: int
+    unanswered: int
+    upstream_per_request: float
+    cpu_seconds: float
+    peak_rss_mb: float
+
+
+# --------------------------------------------------------------------------- runner
+def machine() -> dict[str, str]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor()
+    versions = {}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {"cpus": str(os.cpu_count()), "cpu_model": model or "?", "os": platform.platform(),
+            "python": platform.python_version(), "load_at_start": f"{load1:.2f}",
+            "packages": ", ".join(f"{k} {v}" for k, v in versions.items())}
+
+
+def run_target(loop, target: Target, svc: Service, sim: SimulatorProcess, latencies: list[str],
+               users: list[int], args, rows: list[Row]) -> None:
+    sim.configure(latency="zero")
+    loop.run_until_complete(run_load(target, svc.port, 2, 0.3, 5))     # warm-up (and, warm: cache prime)
+    for lat in latencies:
+        sim.configure(latency=lat)
+        for n in users:
+            if args.cells and (lat, n) not in args.cells:
+                continue
+            if args.quick and lat != "zero" and target.name not in QUICK_REALISTIC:
+                continue
+            sim.reset()
+            cpu0 = svc.cpu_seconds()
+            load = loop.run_until_complete(run_load(target, svc.port, n, args.duration, args.drain))
+            upstream = sim.upstream_calls()
+            answered = load.requests - load.unanswered
+            row = Row(target.name, lat, n, load.requests, answered / load.seconds,
+                      pct(load.latencies, .50), pct(load.latencies, .95), pct(load.latencies, .99),
+                      load.failures, load.unanswered, upstream / max(1, answered),
+                      svc.cpu_seconds() - cpu0, svc.peak_rss_mb())
+            rows.append(row)
+            print("  " + fmt_row(row), flush=True)
+            if load.unanswered:
+                settle(svc.port, args.drain * 10 + 30)
+    if svc.proc.poll() is not None:
+        raise RuntimeError(f"{target.name} 이(가) 부하 중 종료됨:\n{svc.tail()}")
+
+
+def run(args) -> tuple[list[Row], list[Target], dict]:
+    users = args.users
+    latencies = args.latency
+    rows: list[Row] = []
+    info = machine()
+    loop_new = asyncio.new_event_loop
+    try:
+        import uvloop
+        loop_new = uvloop.new_event_loop
+    except ImportError:
+        pass
+    loop = loop_new()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmpname, SimulatorProcess(latency="zero") as sim:
+        tmp = Path(tmpname)
+        chosen = targets(args.targets, args.langserve_path, tmp / "logs")
+        groups: dict[str, list[Target]] = {}
+        for target in chosen:
+            if target.absent:
+                print(f"  {target.name}: 건너뜀 ({target.absent})", flush=True)
+            else:
+                groups.setdefault(target.process, []).append(target)
+        for group in groups.values():
+            t_start = time.monotonic()
+            svc = Service(group[0], sim, tmp)
+            print(f"  {group[0].process}: 시작 {time.monotonic() - t_start:.1f}초", flush=True)
+            try:
+                for target in group:
+                    run_target(loop, target, svc, sim, latencies, users, args, rows)
+            finally:
+                svc.stop()
+        sim.configure(latency="zero")
+    loop.close()
+    return rows, chosen, info
+
+
+# --------------------------------------------------------------------------- output
+HEADER = ("| 대상 | 지연 | 사용자 | 요청 | RPS | p50 (s) | p95 (s) | p99 (s) | 실패 | 업스트림/요청 | CPU (s) | 최대 RSS (MB) |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def fmt_row(r: Row) -> str:
+    ge = ">=" if r.unanswered else ""
+    return (f"| {r.target} | {r.latency} | {r.users} | {r.requests} | {r.rps:.1f} | {ge}{r.p50:.3f} | "
+            f"{ge}{r.p95:.3f} | {ge}{r.p99:.3f} | {r.failures} | {r.upstream_per_request:.2f} | "
+            f"{r.cpu_seconds:.2f} | {r.peak_rss_mb:.0f} |")
+
+
+def table(rows: list[Row]) -> str:
+    return HEADER + "\n" + "\n".join(fmt_row(r) for r in rows)
+
+
+def ratios(rows: list[Row]) -> list[str]:
+    def get(t, lat, n):
+        return next((r for r in rows if (r.target, r.latency, r.users) == (t, lat, n)), None)
+
+    out = []
+    users = sorted({r.users for r in rows})
+    for n in users:
+        s6, bare = get("step06", "zero", n), get("bare", "zero", n)
+        if s6 and bare and bare.rps > 0:
+            ratio = s6.rps / bare.rps
+            verdict = "달성" if ratio >= RATIO_TARGET else "미달"
+            out.append(f"- step06 / bare (지연 zero, 사용자 {n}): RPS {s6.rps:.1f} / {bare.rps:.1f} = "
+                       f"**{ratio:.2f}** (목표 >= {RATIO_TARGET}: {verdict})")
+    qs = [r for r in rows if r.target == "quick-start" and r.latency == "realistic"]
+    if qs:
+        top = max(qs, key=lambda r: r.users)
+        ge = ">= " if top.unanswered else ""
+        if top.p95 > P95_LIMIT:
+            verdict = "한도 초과 (실패)"
+        elif top.unanswered:
+            verdict = "판정 불가 (답을 못 받은 요청이 있어 p95 는 하한)"
+        else:
+            verdict = "한도 안"
+        note = "" if top.users == 200 else f" (200 사용자는 측정하지 않음: 측정한 최대 {top.users} 사용자)"
+        out.append(f"- quick-start 의 p95 (지연 realistic, 사용자 {top.users}): **{ge}{top.p95:.2f} s**, "
+                   f"한도 {P95_LIMIT:g} s: {verdict}{note}")
+    else:
+        out.append("- quick-start 의 p95 (지연 realistic): 측정하지 않음")
+    out.append("- 미들웨어 층마다 요청당 비용 (마이크로초): 아직 측정하지 않음 (다음 작업)")
+    return out
+
+
+PAGE = """\
+# 벤치마크: 단계별 서비스의 처리량과 지연 시간
+
+이 페이지는 `benchmarks/bench.py` 가 실행될 때마다 새로 씁니다 (직접 고치지 마세요).
+{mode_line}
+
+!!! warning "숫자는 측정한 머신에 따라 다릅니다"
+    아래 숫자는 한 머신에서 한 번 잰 값입니다. CPU 수, 같은 머신에서 돌던 다른 작업, 파이썬과
+    패키지 버전에 따라 크게 달라집니다. 절대값보다 **같은 실행 안의 비율**을 보세요.
+    측정 시작 때의 부하 평균(load average)이 CPU 수에 가깝거나 크면 숫자가 흔들립니다.
+
+## 측정 환경
+
+- 측정 시각: {when}
+- CPU: {cpus}개, {cpu_model}
+- 측정 시작 때 1분 부하 평균: {load_at_start}
+- OS: {os}
+- Python: {python}
+- 패키지: {packages}
+
+## 방법
+
+- 시뮬레이터 하나(`coursekit.simulator`)와 부하 생성기 하나로, 서비스 프로세스를 하나씩 차례로 부하합니다.
+  서비스는 모두 `uvicorn main:app` 단일 워커, 접근 로그 끔(`--no-access-log`)으로 같은 조건입니다.
+- 부하 생성기: 이 프로세스 안의 asyncio keep-alive HTTP/1.1 클라이언트(uvloop). 사용자마다 응답을 받으면
+  바로 다음 요청을 보냅니다 (대기 시간 없음). 시간이 끝나면 마지막 요청을 최대 {drain:g}초 기다리고, 그래도
+  답이 없으면 실패로 세고 그때까지 기다린 시간을 백분위수에 하한으로 넣습니다 (표에 `>=` 표시).
+  Locust 를 쓰지 않는 까닭: 칸마다 Locust 를 시작하는 데 몇 초가 들어 빠른 모드(1분 안)에 맞지 않습니다.
+  부하 생성기, 시뮬레이터, 서비스가 같은 머신의 CPU 를 나눠 쓰므로 RPS 는 세 프로세스를 합친 시스템의 값입니다.
+- 시뮬레이터 지연: `zero` (대기 없음, 서비스 자체의 비용만) 와 `realistic` (실제 API 와 비슷한 지연).
+- 사용자 수: {users}, 칸마다 {duration:g}초.
+- 업스트림/요청: 그 칸 동안 시뮬레이터가 받은 generateContent 호출 수 ÷ 답을 받은 요청 수 (답을 못 받은
+  요청도 업스트림은 불렀을 수 있어 1 보다 클 수 있습니다).
+- CPU (s): 그 칸 동안 서비스 프로세스가 쓴 CPU 시간 (user + system). 최대 RSS: 프로세스가 시작한 뒤 최대 메모리.
+- 모든 단계의 품질 판정 표본 비율은 0 (`JUDGE_SAMPLE_RATE=0`): 업스트림/요청은 채팅 경로만 셉니다.
+
+## 대상
+
+{targets}
+
+## 결과
+
+{table}
+
+## 비율
+
+{ratios}
+
+## 다시 재기
+
+저장소 루트에서 `make bench` (전체 모드, 수십 분) 또는 `make bench ARGS=--quick` (빠른 모드, 1분 안).
+시뮬레이터 자체의 처리량 벤치마크는 `make bench-sim` 입니다.
+LangServe 행은 `langserve` 가 `.venv/bench-langserve/` 에 있을 때만 있습니다 (코스 의존성이 아니라 따로 설치:
+`.venv/bin/pip install --no-deps --target .venv/bench-langserve 'langserve[server]==0.3.3' 'sse-starlette==1.8.2'`).
+"""
+
+
+def page(rows: list[Row], chosen: list[Target], info: dict, args) -> str:
+    lines = []
+    for t in chosen:
+        lines.append(f"- `{t.name}`: {t.label}" + (f" — **표에 없음**: {t.absent}" if t.absent else ""))
+    lines.append("- step 06 에서 켠 것: JSON 줄 로그 + 암호화한 프롬프트 로그 (LOG_DIR, PROMPT_ENCRYPTION_KEYS), "
+                 "Prometheus 메트릭, OpenTelemetry 스팬 (프로세스 안에서만; 내보낼 백엔드가 없어 OTLP 내보내기는 끔), "
+                 "요청 한도 (RATE_LIMIT=1000000/minute, 사실상 걸리지 않음), 동시 처리 상한 MAX_IN_FLIGHT=256, "
+                 "응답 캐시 (CACHE_TTL_SECONDS=300). LangSmith 와 Sentry 는 끔 (백엔드 필요).")
+    mode = ("빠른 모드 (`--quick`): 지연 zero 는 사용자 1과 10, realistic 은 10 사용자에 "
+            f"{', '.join(QUICK_REALISTIC)} 만 잽니다. 칸이 적고 짧아 숫자가 특히 흔들립니다."
+            if args.quick else "전체 모드.")
+    return PAGE.format(mode_line=mode, when=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+                       users=", ".join(map(str, args.users)), duration=args.duration, drain=args.drain,
+                       targets="\n".join(lines), table=table(rows), ratios="\n".join(ratios(rows)), **info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="단계별 서비스 벤치마크 (issue 17): 표를 출력하고 docs/benchmark.md 를 씁니다")
+    ap.add_argument("--quick", action="store_true", help="1분 안: 사용자 1과 10 (zero), realistic 은 10 사용자에 quick-start, step06, bare 만, 칸마다 1초")
+    ap.add_argument("--users", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                    help="사용자 수 목록 (쉼표로 구분, 기본 1,10,50,200)")
+    ap.add_argument("--latency", type=lambda s: s.split(","), default=["zero", "realistic"],
+                    help="시뮬레이터 지연 목록 (zero,realistic)")
+    ap.add_argument("--duration", type=float, default=None, help="칸마다 부하 시간 (초, 기본 10, 빠른 모드 1)")
+    ap.add_argument("--drain", type=float, default=None, help="시간이 끝난 뒤 마지막 요청을 기다리는 시간 (초)")
+    ap.add_argument("--targets", type=lambda s: s.split(","), default=None, help="대상 이름 목록 (기본 전부)")
+    ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="쓸 문서 페이지 (기본 docs/benchmark.md)")
+    ap.add_argument("--langserve-path", type=Path, default=DEFAULT_LANGSERVE,
+                    help="langserve 를 pip install --target 으로 설치한 폴더 (코스 의존성이 아님)")
+    args = ap.parse_args(argv)
+    args.cells = None
+    if args.quick:
+        args.users = args.users or [1, 10]
+        args.duration = args.duration or 1.0
+        args.drain = args.drain if args.drain is not None else P95_LIMIT + 0.5   # unanswered => > limit
+        args.cells = {("zero", 1), ("zero", 10), ("realistic", 10)}
+    args.users = args.users or [1, 10, 50, 200]
+    args.duration = args.duration or 10.0
+    args.drain = args.drain if args.drain is not None else 15.0
+
+    t0 = time.monotonic()
+    rows, chosen, info = run(args)
+    text = page(rows, chosen, info, args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text, encoding="utf-8")
+    print()
+    print(f"머신: CPU {info['cpus']}개 ({info['cpu_model']}), 부하 평균 {info['load_at_start']}, Python {info['python']}")
+    print(f"패키지: {info['packages']}")
+    print(table(rows))
+    print("\n".join(ratios(rows)))
+    print(f"\n{args.output} 를 썼습니다 ({time.monotonic() - t0:.0f}초)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
