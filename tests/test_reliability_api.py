@@ -41,24 +41,18 @@ OPERATIONS = {
 # and the mark must go. The fuzz cases that run into the same bug are xfail(strict=False): whether a derandomized
 # run draws the failing input depends on the test code's digest (hypothesis seeds from it), so a strict mark there
 # would flip with unrelated edits.
-STEP01_500 = ("by design? the outline's quick-start app has no input validation: POST /chat?message= (empty) -> "
+STEP01_500 = ("by design: the outline's quick-start app has no input validation: POST /chat?message= (empty) -> "
               "simulator 400 -> unhandled exception -> 500 (solutions/01-docker/main.py:23 `llm.invoke(message)`); "
               "step 02 fixes it")
+# FastAPI's built-in body limit (max_body_size) answers a declared Content-Length over the limit with its own
+# text/plain "Content Too Large" before the app's exception handlers (grader/test_step02_fastapi.py says so and
+# checks the JSON shape only for chunked bodies); a negative run that draws a body over 64 KiB meets it.
+BODY_LIMIT_413 = ("FastAPI's max_body_size answers a Content-Length over 64 KiB with text/plain 413 before the app's "
+                  "handlers (framework behaviour, see grader step02.validation), not the documented ErrorResponse")
 KNOWN = {
     ("01-docker", "POST /chat", POS): STEP01_500,
     ("01-docker", "POST /chat", NEG): STEP01_500,
-    ("06-optimization", "POST /chat", NEG): (
-        "422 is documented as ErrorResponse {error:{code,message}} (solutions/06-optimization/main.py:1238) but "
-        "request validation answers FastAPI's {detail:[...]}, e.g. body b'\\x00'"),
-    ("06-optimization", "POST /chat/batch", POS): (
-        "422 documented as ErrorResponse (solutions/06-optimization/main.py:1538) but a blank item (a valid string "
-        "per the schema) answers FastAPI's {detail:[...]}"),
-    ("06-optimization", "POST /chat/batch", NEG): (
-        "422 documented as ErrorResponse (solutions/06-optimization/main.py:1538) but request validation "
-        "(a blank item, a body that is not JSON) answers FastAPI's {detail:[...]}"),
-    ("06-optimization", "POST /chat/stream", NEG): (
-        "response_class=EventSourceResponse makes every documented response of /chat/stream text/event-stream "
-        "in the schema (solutions/06-optimization/main.py:1441-1451), but 401/422/... answer application/json"),
+    ("06-optimization", "POST /chat/batch", NEG): BODY_LIMIT_413,
 }
 
 
@@ -117,10 +111,10 @@ MINIMAL = [
     ("01-docker", "POST /chat", {"query": {"message": "안녕하세요"}}, None),
     ("02-fastapi", "POST /chat", {"body": b"\x00"}, None),
     ("05-logging", "POST /chat", {"body": b"\x00"}, None),
-    ("06-optimization", "POST /chat", {"body": b"\x00"}, KNOWN["06-optimization", "POST /chat", NEG]),
-    ("06-optimization", "POST /chat/batch", {"body": {"messages": [" "]}}, KNOWN["06-optimization", "POST /chat/batch", NEG]),
+    ("06-optimization", "POST /chat", {"body": b"\x00"}, None),
+    ("06-optimization", "POST /chat/batch", {"body": {"messages": [" "]}}, None),
     ("06-optimization", "POST /chat/stream", {"body": {"message": "안녕하세요"}, "key": None},
-     KNOWN["06-optimization", "POST /chat/stream", NEG]),
+     None),
     ("06-optimization", "POST /chat/stream", {"body": {"message": "안녕하세요"}}, None),
 ]
 

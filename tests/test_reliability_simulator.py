@@ -169,14 +169,8 @@ def test_wrong_methods(client, method, path):
     assert err["status"] in ("NOT_FOUND", "METHOD_NOT_ALLOWED")
 
 
-MODELS_NO_KEY = pytest.mark.xfail(strict=True, reason=(
-    "GET /v1beta/models and /v1beta/models/{model} answer 200 without an API key (the real API and README §4 "
-    "'키 없음 403'): coursekit/simulator/app.py:280 `_models_get` never reads x-goog-api-key / ?key="))
-
-
 @pytest.mark.parametrize("path", [GEN, STREAM, COUNT, EMBED,
-                                  pytest.param("/v1beta/models", marks=MODELS_NO_KEY),
-                                  pytest.param(f"/v1beta/models/{MODEL}", marks=MODELS_NO_KEY)])
+                                  "/v1beta/models", f"/v1beta/models/{MODEL}"])
 def test_missing_key(client, path):
     r = client.request("GET" if path.startswith("/v1beta/models") and ":" not in path else "POST", path, json=VALID)
     assert_google_error(r, "no key", 403, "PERMISSION_DENIED")

@@ -181,7 +181,7 @@ class Simulator:
         version, model, action = m.groups()
         self.counters["requests_total"] += 1
         if model is None or action is None:
-            await self._models_get(model, method, send)
+            await self._models_get(scope, model, method, send)
             return
         if action in embeddings.ACTIONS:
             await self._embed(scope, receive, send, version, model, action, method)
@@ -277,9 +277,19 @@ class Simulator:
             "temperature": 1.0, "topP": 0.95, "topK": 64, "thinking": p.thinking,
         }
 
-    async def _models_get(self, model, method, send):
+    async def _models_get(self, scope, model, method, send):
         if method != "GET":
             await self._send(send, *errors.method_not_allowed(method))
+            return
+        # The real API lists and describes models only for a key (README §4: no key -> 403, a key outside
+        # valid_keys -> 400), as for generateContent.
+        qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        key = _header(scope, b"x-goog-api-key") or (qs.get("key") or [""])[0]
+        if not key:
+            await self._send(send, *errors.api_key_missing())
+            return
+        if self.config["valid_keys"] is not None and key not in self.config["valid_keys"]:
+            await self._send(send, *errors.api_key_invalid())
             return
         if model is None:
             self._inc("by_action", "listModels")

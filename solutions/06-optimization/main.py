@@ -408,6 +408,22 @@ def error_response(status_code: int, code: str, message: str, headers: dict[str,
     body = ErrorResponse(error=ErrorDetail(code=code, message=message))
     observability.note(error_code=code)  # 이 요청의 로그 줄에
     return JSONResponse(status_code=status_code, content=body.model_dump(), headers=headers)
+# BEGIN SOLUTION
+
+
+def json_error_doc(description: str, *, validation: bool = False) -> dict:
+    """OpenAPI 에 적는 오류 응답 하나 (lesson §12, §13): 본문은 application/json 의 ErrorResponse. SSE 경로
+    (response_class=EventSourceResponse)의 오류도 스트림이 시작하기 전의 JSON 이라 content 를 직접 적습니다
+    ("model" 로 적으면 그 경로의 text/event-stream 으로 문서화됨). validation=True: FastAPI 의 검증 오류
+    {"detail": [...]} 도 같은 상태 코드(422)로 나감."""
+    schema: dict = {"$ref": "#/components/schemas/ErrorResponse"}
+    if validation:
+        schema = {"anyOf": [schema, {"$ref": "#/components/schemas/HTTPValidationError"}]}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+# STARTER
+# # TODO 18, 19 (lesson §12 '스트리밍', §13 '배치 처리'): 새 경로의 오류 응답을 OpenAPI 에 application/json 의
+# # ErrorResponse 로 적는 json_error_doc(설명, validation=False) 를 만드세요 (SSE 경로도 오류는 스트림 전의 JSON).
+# END SOLUTION
 
 
 # Starlette/FastAPI 가 직접 내는 HTTP 오류 (404, 405, 413 ...) 도 같은 모양으로 바꿉니다.
@@ -1235,7 +1251,8 @@ async def metrics() -> Response:
     responses={
         401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
         # BEGIN SOLUTION
-        422: {"model": ErrorResponse, "description": "요청 검증 실패, 또는 안전 필터가 답을 막음 (content_blocked)"},
+        422: json_error_doc("요청 검증 실패 (FastAPI 의 {\"detail\": [...]}), 또는 안전 필터가 답을 막음 (content_blocked)",
+                            validation=True),
         429: {"model": ErrorResponse, "description": "API 키별 한도 초과 (rate_limited), Retry-After 와 RateLimit 헤더"},
         # STARTER
         # # TODO 6 (lesson §5): 새 응답(422 content_blocked, 429 rate_limited)을 문서에 더하세요.
@@ -1444,11 +1461,11 @@ STREAM_ERROR_MESSAGES = {
     responses={
         200: {"description": "text/event-stream: event delta {\"text\"} 여러 개, 끝에 done (response_id, model, "
                              "prompt_version, usage) 또는 error ({\"error\": {\"code\", \"message\"}}) 하나"},
-        401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
-        413: {"model": ErrorResponse, "description": "요청 본문이 64 KiB 초과"},
-        422: {"model": ErrorResponse, "description": "요청 검증 실패"},
-        429: {"model": ErrorResponse, "description": "API 키별 한도 초과 (rate_limited)"},
-        503: {"model": ErrorResponse, "description": "동시 처리 한도 초과 (overloaded)"},
+        # 오류는 스트림이 시작하기 전에 JSON 으로 (422 는 FastAPI 의 기본 검증 오류 문서 그대로)
+        401: json_error_doc("X-API-Key 가 없거나 틀림"),
+        413: json_error_doc("요청 본문이 64 KiB 초과"),
+        429: json_error_doc("API 키별 한도 초과 (rate_limited)"),
+        503: json_error_doc("동시 처리 한도 초과 (overloaded)"),
     },
 )
 async def chat_stream(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, Depends(get_llm)]
@@ -1536,7 +1553,8 @@ async def chat_stream(req: ChatRequest, llm: Annotated[ChatGoogleGenerativeAI, D
                              "message}} (code 는 /chat 의 오류 코드). 질문 하나의 실패는 배치를 실패시키지 않음"},
         401: {"model": ErrorResponse, "description": "X-API-Key 가 없거나 틀림"},
         413: {"model": ErrorResponse, "description": "요청 본문이 64 KiB 초과"},
-        422: {"model": ErrorResponse, "description": "요청 검증 실패 (질문 0개, BATCH_MAX_ITEMS 초과, 빈 질문 하나라도)"},
+        422: json_error_doc("요청 검증 실패 (FastAPI 의 {\"detail\": [...]}): 질문 0개, BATCH_MAX_ITEMS 초과, 빈 질문 하나라도",
+                            validation=True),
         429: {"model": ErrorResponse, "description": "API 키별 한도: 배치는 질문 수만큼 셈, 남은 한도보다 많으면 전체 429"},
         503: {"model": ErrorResponse, "description": "동시 처리 한도 초과 (overloaded)"},
     },

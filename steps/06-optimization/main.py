@@ -235,6 +235,8 @@ def error_response(status_code: int, code: str, message: str, headers: dict[str,
     body = ErrorResponse(error=ErrorDetail(code=code, message=message))
     observability.note(error_code=code)  # 이 요청의 로그 줄에
     return JSONResponse(status_code=status_code, content=body.model_dump(), headers=headers)
+# TODO 18, 19 (lesson §12 '스트리밍', §13 '배치 처리'): 새 경로의 오류 응답을 OpenAPI 에 application/json 의
+# ErrorResponse 로 적는 json_error_doc(설명, validation=False) 를 만드세요 (SSE 경로도 오류는 스트림 전의 JSON).
 
 
 # Starlette/FastAPI 가 직접 내는 HTTP 오류 (404, 405, 413 ...) 도 같은 모양으로 바꿉니다.
