@@ -298,7 +298,8 @@ class Load:
     requests: int
     failures: int
     unanswered: int
-    seconds: float
+    seconds: float             # the load window (the duration)
+    in_window: int             # successful answers that arrived within the window (requests/s = this / seconds)
     latencies: list[float]
 
 
@@ -306,6 +307,7 @@ async def run_load(target: Target, port: int, users: int, duration: float, drain
     latencies: list[float] = []
     failures = 0
     inflight: dict[int, float] = {}
+    ends: list[float] = []
 
     async def user(uid: int, deadline: float) -> None:
         nonlocal failures
@@ -322,10 +324,13 @@ async def run_load(target: Target, port: int, users: int, duration: float, drain
                 status = 0
                 writer.close()
                 writer = None
-            latencies.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            latencies.append(t1 - t0)
             del inflight[uid]
             if not 200 <= status < 300:
                 failures += 1
+            else:
+                ends.append(t1)
         if writer is not None:
             writer.close()
 
@@ -342,7 +347,8 @@ async def run_load(target: Target, port: int, users: int, duration: float, drain
     for t in done:
         if t.exception() is not None:
             raise t.exception()
-    return Load(len(latencies), failures + unanswered, unanswered, now - start, latencies)
+    return Load(len(latencies), failures + unanswered, unanswered, duration,
+                sum(1 for t in ends if t <= deadline), latencies)
 
 
 def settle(port: int, timeout: float) -> None:
@@ -420,7 +426,7 @@ def run_target(loop, target: Target, svc: Service, sim: SimulatorProcess, latenc
             load = loop.run_until_complete(run_load(target, svc.port, n, args.duration, args.drain))
             upstream = sim.upstream_calls()
             answered = load.requests - load.unanswered
-            row = Row(target.name, lat, n, load.requests, answered / load.seconds,
+            row = Row(target.name, lat, n, load.requests, load.in_window / load.seconds,
                       pct(load.latencies, .50), pct(load.latencies, .95), pct(load.latencies, .99),
                       load.failures, load.unanswered, upstream / max(1, answered),
                       svc.cpu_seconds() - cpu0, svc.peak_rss_mb())
@@ -546,6 +552,7 @@ PAGE = """\
   부하 생성기, 시뮬레이터, 서비스가 같은 머신의 CPU 를 나눠 쓰므로 RPS 는 세 프로세스를 합친 시스템의 값입니다.
 - 시뮬레이터 지연: `zero` (대기 없음, 서비스 자체의 비용만) 와 `realistic` (실제 API 와 비슷한 지연).
 - 사용자 수: {users}, 칸마다 {duration:g}초.
+- RPS: 부하 시간 안에 도착한 성공 응답 수 ÷ 부하 시간 (시간이 끝난 뒤 마지막 요청을 기다린 시간은 넣지 않음).
 - 업스트림/요청: 그 칸 동안 시뮬레이터가 받은 generateContent 호출 수 ÷ 답을 받은 요청 수 (답을 못 받은
   요청도 업스트림은 불렀을 수 있어 1 보다 클 수 있습니다).
 - CPU (s): 그 칸 동안 서비스 프로세스가 쓴 CPU 시간 (user + system). 최대 RSS: 프로세스가 시작한 뒤 최대 메모리.

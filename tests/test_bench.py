@@ -58,10 +58,10 @@ def test_quick_mode_prints_one_row_per_cell(quick):
     for key, cells in rows.items():
         requests, rps, p50, p95, p99, failures, upstream, cpu, rss = (
             int(cells[3]), *map(number, cells[4:8]), int(cells[8]), *map(float, cells[9:12]))
-        assert requests > 0 and rps > 0 and cpu >= 0 and rss > 0, (key, cells)
+        assert requests > 0 and rps >= 0 and cpu >= 0 and rss > 0, (key, cells)
         assert 0 <= p50 <= p95 <= p99, (key, cells)
-        if key != ("quick-start", "realistic", 10):
-            assert failures == 0, (key, cells)
+        if key != ("quick-start", "realistic", 10):   # blocked event loop: maybe no answer within the 1 s window
+            assert failures == 0 and rps > 0, (key, cells)
         if key[0] == "step06-warm":
             assert upstream == 0, (key, cells)       # every answer from the warm cache
         elif key[0] != "quick-start":
