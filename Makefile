@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: help lab sim test grade docs docs-build starters bench clean tracing-backend
+.PHONY: help lab sim test grade docs docs-build starters bench bench-sim clean tracing-backend
 
 help:
 	@echo "make lab         시뮬레이터 + JupyterLab 으로 코스 시작"
@@ -18,7 +18,8 @@ help:
 	@echo "make docs        문서 사이트를 로컬에서 미리보기"
 	@echo "make docs-build  문서 사이트를 site/ 로 빌드"
 	@echo "make starters    solutions/ 에서 steps/ 스타터 코드를 다시 생성 (유지보수자용)"
-	@echo "make bench       시뮬레이터 처리량 벤치마크"
+	@echo "make bench       단계별 서비스 벤치마크 (docs/benchmark.md 를 씀; 빠르게: make bench ARGS=--quick)"
+	@echo "make bench-sim   시뮬레이터 처리량 벤치마크"
 	@echo "make tracing-backend  step 05 의 MLflow 추적 서버를 .venv-mlflow/ 에 설치 (한 번, 약 1분·830 MB)"
 
 $(STAMP): pyproject.toml
@@ -58,7 +59,10 @@ starters: $(STAMP)
 	$(BIN)/course starters --write
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/simulator_throughput.py
+	$(BIN)/python benchmarks/bench.py $(ARGS)
+
+bench-sim: $(STAMP)
+	$(BIN)/python benchmarks/simulator_throughput.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-mlflow site .pytest_cache
