@@ -81,3 +81,14 @@ def test_docs_workflow_installs_what_the_lessons_start_before_building():
     for script in runs[install]:
         if script.startswith("bash .ci/"):
             assert (REPO_ROOT / script.split()[1]).is_file(), script
+
+
+def test_bench_quick_mode_is_a_separate_job_whose_table_lands_in_the_job_summary(wf):
+    job = wf["jobs"]["bench"]
+    runs = [logical_lines(s["run"]) for s in job["steps"] if "run" in s]
+    bench = next(r for r in runs if r and r[0].startswith("make bench"))
+    assert "--quick" in bench[0] and "--output bench-quick.md" in bench[0], bench
+    summary = next(s for s in job["steps"] if "GITHUB_STEP_SUMMARY" in s.get("run", ""))
+    assert logical_lines(summary["run"]) == ['cat bench-quick.md >> "$GITHUB_STEP_SUMMARY"']
+    assert summary.get("if") == "${{ !cancelled() }}"
+    assert "needs" not in job, "벤치마크는 테스트와 따로 (병렬로) 돕니다"
