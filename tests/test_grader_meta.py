@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from coursekit import REPO_ROOT, manifest
+from coursekit import OUTLINE_QUICK_START, REPO_ROOT, manifest
 
 MUTANTS_DIR = Path(__file__).with_name("mutants")
 UNEXPECTED = "채점 중 예상치 못한 오류"
@@ -147,28 +147,13 @@ def test_missing_step_folder_fails_with_korean_message_and_report(tmp_path):
     assert report["checklist"]["perf.caching"]["outcome"] == "not_graded"
 
 
-# The outline's own "빠른 시작" service (the course's starting point, before step 02).
-OUTLINE_QUICK_START = '''\
-# FastAPI 서버
-from fastapi import FastAPI
-from langchain_google_genai import ChatGoogleGenerativeAI
-
-app = FastAPI()
-llm = ChatGoogleGenerativeAI(model="gemini-2.0-flash-exp")
-
-@app.post("/chat")
-async def chat(message: str):
-    response = llm.invoke(message)
-    return {"response": response.content}
-'''
-
 
 def test_outline_quick_start_fails_every_step02_check_without_errors(tmp_path):
     """A learner's mistake found inside a fixture (the load checks' probe) is a FAILED check with
     the Korean message, never a pytest ERROR; each service's log is shown once."""
     folder = tmp_path / "target" / manifest.load().step("step02").folder
     folder.mkdir(parents=True)
-    (folder / "main.py").write_text(OUTLINE_QUICK_START, encoding="utf-8")
+    (folder / "main.py").write_text(OUTLINE_QUICK_START.read_text(encoding="utf-8"), encoding="utf-8")
     rc, report, out = run_grader(tmp_path, "--target", str(tmp_path / "target"), "-k", "step02")
     assert rc == 1, out[-3000:]
     summary = out.strip().splitlines()[-1]

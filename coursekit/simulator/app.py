@@ -249,6 +249,21 @@ class Simulator:
             return await reply({"error": f"{method} 는 지원하지 않습니다 (GET 또는 PATCH)"}, 405)
         return await reply({"error": f"알 수 없는 관리 경로: {path}"}, 404)
 
+    # ---- API key (every /v1*/models path) ---------------------------------------------
+    def _api_key(self, scope, count: bool = True) -> str:
+        """The caller's key (x-goog-api-key header or ?key=), as Google checks it: none -> 403, one outside
+        valid_keys -> 400 (raised as _Reply). `count`: add it to the by_key stats."""
+        qs = parse_qs(scope.get("query_string", b"").decode("latin-1")) if scope.get("query_string") else {}
+        key = _header(scope, b"x-goog-api-key") or (qs.get("key") or [""])[0]
+        if not key:
+            raise _Reply(*errors.api_key_missing())
+        if count:
+            self._inc("by_key", key)
+        valid = self.config["valid_keys"]
+        if valid is not None and key not in valid:
+            raise _Reply(*errors.api_key_invalid())
+        return key
+
     # ---- embeddings (coursekit/simulator/embeddings.py) ---------------------------------
     async def _embed(self, scope, receive, send, version, model, action, method):
         """embedContent / batchEmbedContents: key check like generate, then embeddings.respond.
@@ -257,13 +272,10 @@ class Simulator:
         self._inc("by_action", action)
         if method != "POST":
             return await self._send(send, *errors.method_not_allowed(method))
-        qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        key = _header(scope, b"x-goog-api-key") or (qs.get("key") or [""])[0]
-        if not key:
-            return await self._send(send, *errors.api_key_missing())
-        self._inc("by_key", key)
-        if self.config["valid_keys"] is not None and key not in self.config["valid_keys"]:
-            return await self._send(send, *errors.api_key_invalid())
+        try:
+            self._api_key(scope)
+        except _Reply as r:
+            return await self._send(send, r.status, r.body)
         raw = await _read_body(receive)
         await self._send(send, *embeddings.respond(self.counters["embeddings"], version, model, action, raw))
 
@@ -281,15 +293,11 @@ class Simulator:
         if method != "GET":
             await self._send(send, *errors.method_not_allowed(method))
             return
-        # The real API lists and describes models only for a key (README §4: no key -> 403, a key outside
-        # valid_keys -> 400), as for generateContent.
-        qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        key = _header(scope, b"x-goog-api-key") or (qs.get("key") or [""])[0]
-        if not key:
-            await self._send(send, *errors.api_key_missing())
-            return
-        if self.config["valid_keys"] is not None and key not in self.config["valid_keys"]:
-            await self._send(send, *errors.api_key_invalid())
+        # The real API lists and describes models only for a key (README §4), as for generateContent.
+        try:
+            self._api_key(scope, count=False)
+        except _Reply as r:
+            await self._send(send, r.status, r.body)
             return
         if model is None:
             self._inc("by_action", "listModels")
@@ -307,14 +315,7 @@ class Simulator:
                 f"Supported: {', '.join(_ACTIONS)}."))
         if method != "POST":
             raise _Reply(*errors.method_not_allowed(method))
-        qs = parse_qs(scope.get("query_string", b"").decode("latin-1")) if scope.get("query_string") else {}
-        key = _header(scope, b"x-goog-api-key") or (qs.get("key") or [""])[0]
-        if not key:
-            raise _Reply(*errors.api_key_missing())
-        self._inc("by_key", key)
-        valid = self.config["valid_keys"]
-        if valid is not None and key not in valid:
-            raise _Reply(*errors.api_key_invalid())
+        key = self._api_key(scope)
 
         raw = await _read_body(receive)
         if raw is None:
