@@ -494,24 +494,41 @@ def test_balancer(fleet):
              measured=f"복제본별로 받은 요청 {served} (요청 6개)")
 
 
+def fail_opens(fleet: Fleet) -> float:
+    """llm_ratelimit_errors_total summed over both replicas (requests the service itself let through, fail open)."""
+    total = 0.0
+    with httpx.Client() as client:
+        for url in fleet.replicas.urls:
+            try:
+                total += osup.metric_sum(client.get(f"{url}/metrics", timeout=5).text, "llm_ratelimit_errors_total")
+            except httpx.HTTPError:
+                pass
+    return total
+
+
 @check("step06.rate_limit")
 def test_rate_limit(fleet):
     need_balancer(fleet)
+    opened_before = fail_opens(fleet)
     replies = osup.burst(fleet.url, SERVICE_KEY, BURST, 12, timeout=10, verify=fleet.verify)
+    # 2코어 기계의 버스트 중 Redis 호출이 짧은 타임아웃(0.1초)을 넘기면 서비스는 문서대로 fail open 하고
+    # llm_ratelimit_errors_total 을 올립니다. 서비스가 스스로 센 그 수만큼(최대 REOPEN_SLACK)만 한도 위 성공을 허용합니다.
+    opened = min(int(fail_opens(fleet) - opened_before), REOPEN_SLACK)
     ok = [r for r in replies if r.status == 200]
     limited = [r for r in replies if r.status == 429]
     other = [r for r in replies if r.status not in (200, 429)]
     record("burst", osup.count_by(replies))
-    fleet.notes["rate_limit_works"] = 0 < len(ok) <= LIMIT and bool(limited)
+    fleet.notes["rate_limit_works"] = 0 < len(ok) <= LIMIT + opened and bool(limited)
     if other:
         fail(expected=f"키 A 의 버스트 {BURST}개는 200 또는 429 만",
              measured=f"{osup.count_by(replies)}; 예: {other[0].short()}")
-    if len(ok) != LIMIT:
+    if not LIMIT <= len(ok) <= LIMIT + opened:
         hint = None
         if len(ok) > LIMIT and len(ok) <= 2 * LIMIT and limited:
             hint = ("lesson.ipynb §5 'API 키별 Rate Limiting' — 복제본마다 메모리에 한도를 세면 두 복제본에서 "
                     "한도가 두 배가 됩니다. REDIS_URL 이 있으면 limits 의 Redis 저장소(async+redis://)를 쓰세요.")
-        fail(expected=f"RATE_LIMIT={LIMIT}/minute: 복제본 두 개를 합쳐 정확히 {LIMIT}개 성공, 나머지 429",
+        fail(expected=f"RATE_LIMIT={LIMIT}/minute: 복제본 두 개를 합쳐 정확히 {LIMIT}개 성공, 나머지 429 "
+                      f"(서비스가 llm_ratelimit_errors_total 로 센 fail open {opened}개까지 더 허용)",
              measured=f"성공 {len(ok)}개, 429 {len(limited)}개 (버스트 {BURST}개, 공유 Redis)", hint=hint)
     bad = []
     for r in limited:
