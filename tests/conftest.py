@@ -1,5 +1,6 @@
 """Shared fixtures of the maintainers' tests (kept minimal)."""
 
+import os
 import subprocess
 import sys
 import time
@@ -9,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from coursekit.simulator import SimulatorProcess
-
 
 # pytest-timeout's limit (600 s, pyproject.toml) covers a test's setup too: the first test that asks for the
 # executed lessons (or the site built from them) pays for running every ready lesson once (about 10 minutes,
@@ -99,6 +99,7 @@ def executed_lessons(tmp_path_factory, shared_trace_backend):
     The lessons' trace backend and their self-checks' grading runs attach to the session's shared
     MLflow (`shared_trace_backend`) instead of starting one each."""
     import solutionless
+
     from coursekit import manifest
 
     copy = solutionless.copy_without_solutions(tmp_path_factory.mktemp("lessons") / "course")
@@ -123,3 +124,49 @@ def executed_lessons(tmp_path_factory, shared_trace_backend):
         )
         runs[step.id] = LessonRun(nb, proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
     return copy, runs
+
+
+DOCS_BUILD_TIMEOUT_S = 540
+
+
+def docs_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["NO_MKDOCS_2_WARNING"] = "1"
+    env.pop("COURSE_DOCS_CACHE", None)  # never reuse a cache of an earlier build in tests
+    return env
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory, executed_lessons) -> Path:
+    """The docs site (`mkdocs build --strict`) from the executed, solution-less copy: built once per session for
+    tests/test_docs.py (browser, pages) and tests/test_secrets_scan.py (no key in any built file)."""
+    import solutionless
+
+    copy, runs = executed_lessons
+    failed = [sid for sid, run in runs.items() if run.returncode != 0]
+    if failed:
+        pytest.fail(f"레슨 실행이 실패해서 사이트를 만들 수 없습니다: {', '.join(failed)} "
+                    "(tests/test_notebooks.py 의 실패 내용을 보세요)", pytrace=False)
+    out = tmp_path_factory.mktemp("docs") / "site"
+    started = time.monotonic()
+    env = solutionless.env(copy, docs_env())
+    # The lessons in the copy already ran once (with outputs); the build shows those outputs.
+    env["COURSE_DOCS_EXECUTE"] = "false"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DOCS_BUILD_TIMEOUT_S,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        pytest.fail(
+            f"solutions/ 가 없는 사본에서 mkdocs build --strict 실패 (종료 코드 {proc.returncode}, "
+            f"{elapsed:.1f}초)\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}",
+            pytrace=False,
+        )
+    print(f"\n문서 빌드 (solutions/ 없는 사본, 실행된 레슨): {elapsed:.1f}초 -> {out}")
+    return out

@@ -366,9 +366,12 @@ class ImageScan:
     env_files: list[str]      # paths named .env (or .env.*) inside any layer
 
 
-def scan_image_tar(tar_path: Path, needles: dict[str, str], max_file: int = 64 << 20) -> ImageScan:
+def scan_image_tar(tar_path: Path, needles: dict[str, str], max_file: int = 64 << 20,
+                   skip_diff_ids: frozenset[str] = frozenset()) -> ImageScan:
     """Every regular file of every layer of a `docker save` archive (docker and OCI layouts): the byte
-    pass (needles, Google key shapes, PEM private keys) and the names of any .env files."""
+    pass (needles, Google key shapes, PEM private keys) and the names of any .env files. Layers whose diff id
+    is in `skip_diff_ids` (the base image's own layers, e.g. Debian's libgnutls with its self-test RSA keys)
+    are not read: the scan is about what the project's Dockerfile and build context put in."""
     rep, envs, layers = Report(), [], 0
     with tarfile.open(tar_path) as outer:
         names = outer.getnames()
@@ -376,7 +379,13 @@ def scan_image_tar(tar_path: Path, needles: dict[str, str], max_file: int = 64 <
         if "manifest.json" in names:
             manifest = json.load(outer.extractfile("manifest.json"))
             for entry in manifest:
-                layer_names += entry.get("Layers") or []
+                diff_ids: list[str] = []
+                if entry.get("Config") in names:
+                    diff_ids = (json.load(outer.extractfile(entry["Config"])).get("rootfs") or {}).get("diff_ids") or []
+                for i, lname in enumerate(entry.get("Layers") or []):
+                    if i < len(diff_ids) and diff_ids[i] in skip_diff_ids:
+                        continue
+                    layer_names.append(lname)
         layer_names = list(dict.fromkeys(layer_names))
         for lname in layer_names:
             member = outer.extractfile(lname)

@@ -27,14 +27,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 import solutionless
+
 from coursekit import manifest
 from grader.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
-BUILD_TIMEOUT_S = 540  # below pytest-timeout (600 s, pyproject.toml)
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -47,45 +46,10 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["NO_MKDOCS_2_WARNING"] = "1"
-    env.pop("COURSE_DOCS_CACHE", None)  # never reuse a cache of an earlier build in tests
-    return env
 
 
-# ---------------------------------------------------------------------------
-# Build once per session
-# ---------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def site(tmp_path_factory, executed_lessons) -> Path:
-    copy, runs = executed_lessons
-    failed = [sid for sid, run in runs.items() if run.returncode != 0]
-    if failed:
-        pytest.fail(f"레슨 실행이 실패해서 사이트를 만들 수 없습니다: {', '.join(failed)} "
-                    "(tests/test_notebooks.py 의 실패 내용을 보세요)", pytrace=False)
-    out = tmp_path_factory.mktemp("docs") / "site"
-    started = time.monotonic()
-    env = solutionless.env(copy, _env())
-    # The lessons in the copy already ran once (with outputs); the build shows those outputs.
-    env["COURSE_DOCS_EXECUTE"] = "false"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=copy,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_S,
-    )
-    elapsed = time.monotonic() - started
-    if proc.returncode != 0:
-        pytest.fail(
-            f"solutions/ 가 없는 사본에서 mkdocs build --strict 실패 (종료 코드 {proc.returncode}, "
-            f"{elapsed:.1f}초)\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}",
-            pytrace=False,
-        )
-    print(f"\n문서 빌드 (solutions/ 없는 사본, 실행된 레슨): {elapsed:.1f}초 -> {out}")
-    return out
+# The site is built once per session by the `site` fixture of tests/conftest.py (shared with
+# tests/test_secrets_scan.py, which scans the same built files).
 
 
 def test_built_site_shows_no_solution_lines(site):
