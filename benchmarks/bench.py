@@ -527,10 +527,18 @@ def run(args) -> tuple[list[Row], list[Target], dict, MwResult | None]:
 # The cost of each layer of step 06 in CPU microseconds per request: the same step 06 service (cache-miss path,
 # zero latency) with one layer off, against the service with everything on, in alternating rounds (pairs taken
 # within a round). A layer with its own switch is turned off by the service's setting; where the service has none,
-# the benchmark removes the layer through a small module benchshim.py that imports main and uses FastAPI's own
-# dependency_overrides (or leaves out the wrapper main.py adds): the method column says which.
+# the benchmark removes the layer through a small module benchshim.py that imports main and takes the dependency
+# out of the routes (or leaves out the wrapper main.py adds): the method column says which. Not FastAPI's
+# dependency_overrides: with any override present FastAPI rebuilds every sub-dependency's Dependant on every
+# request (fastapi/dependencies/utils.py solve_dependencies), a cost of several hundred µs that would be charged
+# to the layer (measured: "removing" the in-flight cap that way made a request ~450 µs dearer).
 SHIM_HEAD = "import os\n"
-SHIM_IMPORT = "import main\n\napp = main.app\n"
+SHIM_IMPORT = ("import main  # noqa: E402\nfrom fastapi.routing import APIRoute  # noqa: E402\n\napp = main.app\n\n\n"
+               "def without(call):\n"
+               "    \"\"\"Take the dependency out of every route's Dependant (in place: the handlers hold these objects).\"\"\"\n"
+               "    for route in app.routes:\n"
+               "        if isinstance(route, APIRoute):\n"
+               "            route.dependant.dependencies[:] = [d for d in route.dependant.dependencies if d.call is not call]\n")
 SHIM = {
     # the metrics SDK only: the MeterProvider in telemetry.py is built while OTEL_SDK_DISABLED is set (no-op
     # instruments, also for FastAPI's HTTP metric); the TracerProvider is built after, enabled
@@ -538,10 +546,8 @@ SHIM = {
                 'del os.environ["OTEL_SDK_DISABLED"]\n'), ""),
     "sentry-sdk": ("import observability  # noqa: E402\nobservability.init_sentry = lambda *a, **k: None\n", ""),
     "logmw": ("", "app.build_middleware_stack = main._build_middleware_stack  # without RequestLogMiddleware\n"),
-    "ratelimit": ("", ("async def _no_rate_limit():\n    return None\n\n\n"
-                      "app.dependency_overrides[main.rate_limit] = _no_rate_limit\n")),
-    "inflight": ("", ("async def _no_slot():\n    return None\n\n\n"
-                     "app.dependency_overrides[main.in_flight_slot] = _no_slot\n")),
+    "ratelimit": ("", "without(main.rate_limit)\n"),
+    "inflight": ("", "without(main.in_flight_slot)\n"),
 }
 
 
@@ -567,9 +573,9 @@ LAYERS = [
     Layer("tracing", "추적 스팬 (FastAPI 서버 스팬 + LLM 시도 스팬, 내보내기 없음)",
           "서비스 스위치 없음: OpenTelemetry 표준 변수 `OTEL_TRACES_SAMPLER=always_off`", {"OTEL_TRACES_SAMPLER": "always_off"}),
     Layer("ratelimit", "API 키별 요청 한도 (limits, 프로세스 메모리)",
-          "스위치 없음: 벤치 shim 이 FastAPI `dependency_overrides` 로 `rate_limit` 을 뺌", shims=("ratelimit",)),
+          "스위치 없음: 벤치 shim 이 경로의 의존성에서 `rate_limit` 을 뺌", shims=("ratelimit",)),
     Layer("inflight", "동시 처리 상한 (MAX_IN_FLIGHT)",
-          "스위치 없음: 벤치 shim 이 `dependency_overrides` 로 `in_flight_slot` 을 뺌", shims=("inflight",)),
+          "스위치 없음: 벤치 shim 이 경로의 의존성에서 `in_flight_slot` 을 뺌", shims=("inflight",)),
     Layer("cache", "응답 캐시의 miss 경로 (키 계산, 조회, 저장, 요청 합치기)",
           "서비스 설정 `CACHE_TTL_SECONDS=0`", {"CACHE_TTL_SECONDS": "0"}),
     Layer("sentry-sdk", "Sentry SDK (DSN 없음: 그래도 ASGI·로깅·스레드 통합이 설치됨)",
@@ -893,8 +899,10 @@ MW_METHOD = """\
 넘나드는 층의 비용은 잡음과 구별되지 않습니다. 측정한 요청 {requests}개.
 
 - 끄는 방법: 서비스에 스위치(환경 변수)가 있으면 그 설정으로. 스위치가 없는 층은 **그렇다고 적고**, 벤치가
-  `benchshim.py` (main 을 가져온 뒤 FastAPI 의 `dependency_overrides` 로 의존성을 빼거나, main.py 가 더한 미들웨어
-  감싸기를 빼는 몇 줄)로 띄워서 잽니다. 06 의 코드는 바꾸지 않습니다.
+  `benchshim.py` (main 을 가져온 뒤 경로의 의존성 목록에서 그 의존성을 빼거나, main.py 가 더한 미들웨어 감싸기를
+  빼는 몇 줄)로 띄워서 잽니다. 06 의 코드는 바꾸지 않습니다. FastAPI 의 `dependency_overrides` 는 쓰지 않습니다:
+  덮어쓰기가 하나라도 있으면 FastAPI 가 요청마다 모든 하위 의존성을 다시 분석해서 그 비용(수백 µs)이 층의 비용에
+  섞입니다.
 - "(켤 때 더함)" 행은 기준에서 꺼져 있는 층 (벤치의 06 은 판정 표본 0, Sentry DSN 없음)을 켰을 때 더해지는 비용입니다.
 - LangSmith 는 재지 않음: 켜려면 LangSmith 서버가 있어야 하고, `LANGSMITH_TRACING` 이 없으면 LangChain 이 추적기를
   붙이지 않아 비용이 없습니다.

@@ -147,7 +147,7 @@ def test_middleware_mode_prints_and_writes_one_row_per_layer(middleware, middlew
         assert without > 0 and low <= cost <= high, cells
         assert cells[5] == "(켤 때 더함)" if layer.added else cells[5].endswith("%"), cells
     # the method is stated, with the two references (everything on, and the bare endpoint)
-    assert "요청당 CPU 마이크로초" in section and "dependency_overrides" in section
+    assert "요청당 CPU 마이크로초" in section and "benchshim.py" in section
     assert re.search(r"06 전체 \(모든 층 켬, 캐시 miss\): 요청당 CPU \*\*\d+ µs\*\*; bare 엔드포인트: \*\*\d+ µs\*\*", section)
     assert re.search(r"제거할 수 있는 층을 모두 뺀 06: \*\*\d+ µs\*\*", section)
     assert re.search(r"미들웨어 층마다 요청당 비용 \(CPU 마이크로초, 아래 표\): 06 전체 \d+ µs 중", page)
