@@ -18,7 +18,7 @@ help:
 	@echo "make docs        문서 사이트를 로컬에서 미리보기"
 	@echo "make docs-build  문서 사이트를 site/ 로 빌드"
 	@echo "make starters    solutions/ 에서 steps/ 스타터 코드를 다시 생성 (유지보수자용)"
-	@echo "make bench       단계별 서비스 벤치마크 (docs/benchmark.md 를 씀; 빠르게: make bench ARGS=--quick)"
+	@echo "make bench       단계별 서비스 벤치마크 (docs/benchmark.md 를 씀; 빠르게: ARGS=--quick, 미들웨어 비용만: ARGS=--middleware)"
 	@echo "make bench-sim   시뮬레이터 처리량 벤치마크"
 	@echo "make tracing-backend  step 05 의 MLflow 추적 서버를 .venv-mlflow/ 에 설치 (한 번, 약 1분·830 MB)"
 

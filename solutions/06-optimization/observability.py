@@ -251,6 +251,11 @@ def scrub(event: dict, hint: dict | None = None) -> dict:
 def init_sentry(dsn: str | None, secrets: list[str]) -> None:
     """Sentry SDK. dsn 이 없으면 아무것도 보내지 않습니다 (SDK 가 꺼진 채로 동작)."""
     _secrets[:] = [s for s in secrets if s]
+    if not dsn:
+        # 보낼 곳이 없으면 통합(ASGI 미들웨어, 로깅·스레드 훅)을 설치하지 않은 꺼진 클라이언트만 둡니다:
+        # 통합은 DSN 이 없어도 요청마다 약 250µs 를 씁니다 (docs/benchmark.md 의 미들웨어 비용).
+        sentry_sdk.init(dsn=None, default_integrations=False, auto_enabling_integrations=False)
+        return
     from sentry_sdk.integrations.fastapi import FastApiIntegration
     from sentry_sdk.integrations.logging import LoggingIntegration
     from sentry_sdk.integrations.starlette import StarletteIntegration
