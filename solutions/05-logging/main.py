@@ -494,14 +494,14 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "서버 내부 오류가 발생했습니다. 잠시 후 다시 시도하세요.")
 
 
-def get_llm(request: Request) -> ChatGoogleGenerativeAI:
+async def get_llm(request: Request) -> ChatGoogleGenerativeAI:
     return request.app.state.llm
 
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="서비스 API 키 (SERVICE_API_KEY)")
 
 
-def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> None:
+async def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> None:
     expected = settings.service_api_key.get_secret_value()
     # 상수 시간 비교: 맞은 글자 수에 따라 응답 시간이 달라지지 않게 합니다.
     if api_key is None or not secrets.compare_digest(api_key.encode(), expected.encode()):

@@ -1118,7 +1118,7 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "서버 내부 오류가 발생했습니다. 잠시 후 다시 시도하세요.")
 
 
-def get_llm(request: Request) -> ChatGoogleGenerativeAI:
+async def get_llm(request: Request) -> ChatGoogleGenerativeAI:
     return request.app.state.llm
 
 
@@ -1137,7 +1137,7 @@ def client_keys() -> list[bytes]:
 # END SOLUTION
 
 
-def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> None:
+async def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> None:
     # BEGIN SOLUTION
     expected = client_keys()
     # STARTER

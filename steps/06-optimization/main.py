@@ -489,7 +489,7 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "서버 내부 오류가 발생했습니다. 잠시 후 다시 시도하세요.")
 
 
-def get_llm(request: Request) -> ChatGoogleGenerativeAI:
+async def get_llm(request: Request) -> ChatGoogleGenerativeAI:
     return request.app.state.llm
 
 
@@ -497,7 +497,7 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="�
 # TODO 6 (lesson §5 'API 키별 Rate Limiting'): SERVICE_API_KEYS 의 키도 받으세요 (키 하나 = 클라이언트 하나).
 
 
-def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> None:
+async def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> None:
     # TODO 6 (lesson §5): SERVICE_API_KEYS 의 키도 받으세요 (모든 키와 상수 시간 비교).
     expected = settings.service_api_key.get_secret_value()
     # 상수 시간 비교: 맞은 글자 수에 따라 응답 시간이 달라지지 않게 합니다.
