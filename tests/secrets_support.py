@@ -196,7 +196,15 @@ def allowed(value: str) -> bool:
     """An allowlisted value, also when the keyword plugin took the rest of a one-line string with it
     (`KEY=value\\nUSER 10001` in a TOML string holding a Dockerfile)."""
     v = value.strip("'\"")
-    return value in ALLOWED_VALUES or v in ALLOWED_VALUES or v.split("\\n", 1)[0] in ALLOWED_VALUES
+    if value in ALLOWED_VALUES or v in ALLOWED_VALUES or v.split("\\n", 1)[0] in ALLOWED_VALUES:
+        return True
+    # The same value escaped once more (this file's own allowlist literal, a JSON string inside a notebook):
+    # compare with runs of backslashes collapsed to one.
+    return _unescaped(v) in {_unescaped(k) for k in ALLOWED_VALUES}
+
+
+def _unescaped(text: str) -> str:
+    return re.sub(r"\\+", r"\\", text)
 
 
 def scan_bytes(where: str, data: bytes, needles: dict[str, str], *, shapes: bool = True,
