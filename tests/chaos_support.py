@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from coursekit.lesson_monitoring import exact_quantile
 from grader import optimization_support as osup
 from grader import test_step06_optimization as g06
 
@@ -108,9 +109,7 @@ class Load:
 
     def p95(self) -> float:
         values = self.latencies()
-        if not values:
-            return math.nan
-        return values[min(len(values) - 1, math.ceil(0.95 * len(values)) - 1)]   # nearest-rank
+        return exact_quantile(0.95, values) if values else math.nan   # nearest rank
 
     def slowest(self) -> float:
         return max(self.latencies(), default=math.nan)
