@@ -45,6 +45,12 @@ REOPEN_SLACK = g06.REOPEN_SLACK        # requests that may pass on a stale pool 
 RECOVERY_SECONDS = g06.RECOVERY_SECONDS
 USERS = 40
 LOAD_SECONDS = 4.0
+# 5 % and 20 %: the 99.5 % figure is a rate, checked as one over the whole load. 4 s gives about 180 requests, where
+# 99.5 % means not one failure; the solution's true failure rate there is about 0.05 % (a tail latency on the
+# primary, then one on the fallback, inside 2.2 s), so 1 in 10 runs failed on a single 504. 10 s gives about 450
+# requests (2 failures allowed), as the step 06 grader's own 10 s Locust run does.
+RATE_LOAD_SECONDS = 10.0
+SUCCESS_FIGURE = 0.995
 CLIENT_TIMEOUT = DEADLINE + 8          # a request not answered by then is a hang (status 0)
 WALL_BOUND_S = 150
 UPSTREAM_ERRORS = (502, 503, 504)      # the documented upstream_* errors of /chat
@@ -130,19 +136,22 @@ def first(items: list[str], n: int = 3) -> str:
 @pytest.mark.parametrize("rate", [0.05, 0.20, 0.50], ids=["5pct", "20pct", "50pct"])
 def test_upstream_faults_under_load(fleet, faults, rate):
     """429 and 503 (half each) on the primary model at `rate`, realistic latency, the fallback model healthy;
-    40 users for 4 s through nginx (HTTPS) to two replicas on one Redis.
+    40 users for 10 s (5 %, 20 %) or 4 s (50 %) through nginx (HTTPS) to two replicas on one Redis.
 
     Bounds, every rate: every request gets an HTTP answer (no connection error, no hang) within the deadline
     2.2 s + 1.0 s, each a 200 (model = primary with fallback=false, or the fallback model with fallback=true) or
     a documented 502/503/504 error JSON (never a 500); upstream attempts per request (simulator, by
     X-Request-ID) never above 6 (3 primary + 3 fallback) and at least 1 (the count is not vacuous).
-    At 5 % and 20 % (step 06's figures): success >= 99.5 % and p95 < 3 s."""
+    At 5 % and 20 % (step 06's figures): success >= 99.5 % over the whole load (about 450 requests, so
+    floor(0.5 % of n) failures are allowed; the count is printed) and p95 < 3 s."""
     faults.configure(latency="realistic", error_429_rate=rate / 2, error_503_rate=rate / 2, fault_models=[PRIMARY])
-    res = load(fleet, f"faults{int(rate * 100)}")
+    res = load(fleet, f"faults{int(rate * 100)}", seconds=RATE_LOAD_SECONDS if rate <= 0.20 else LOAD_SECONDS)
+    failed = len(res) - len(res.ok)
     counts = attempt_counts(faults, res)
     injected = faults.stats().get("faults") or {}
     print(f"\n[chaos] faults {rate:.0%}: {res.summary()}; answered by {by_model(res)}; attempts/request max "
           f"{max(counts, default=0)} (bound {ATTEMPT_BOUND}), mean {sum(counts) / max(1, len(counts)):.2f}; "
+          f"not 200: {failed} of {len(res)} (99.5 % allows {int(len(res) * (1 - SUCCESS_FIGURE) + 1e-9)}); "
           f"injected 429 {injected.get('error_429', 0)}, 503 {injected.get('error_503', 0)}")
     assert len(res) >= USERS, f"the load sent too few requests: {res.summary()}"
     assert injected.get("error_429", 0) and injected.get("error_503", 0), f"no fault was injected: {injected}"
@@ -154,7 +163,8 @@ def test_upstream_faults_under_load(fleet, faults, rate):
     assert min(counts, default=0) >= 1, (
         f"{sum(1 for c in counts if c == 0)} answered requests never reached the simulator with their X-Request-ID")
     if rate <= 0.20:
-        assert res.success_rate >= 0.995, f"success below 99.5 % at {rate:.0%} faults: {res.summary()}"
+        assert res.success_rate >= SUCCESS_FIGURE, (
+            f"success below 99.5 % at {rate:.0%} faults: {failed} of {len(res)} not 200: {res.summary()}")
         assert res.p95() < 3.0, f"p95 not below 3 s at {rate:.0%} faults: {res.summary()}"
 
 
