@@ -314,3 +314,23 @@ def test_vanishing_clients_while_queued(sim, client):
     stats = settle(sim, lambda st_: st_["in_flight"] == 0 and st_["queued"] == 0 and st_["active"] == 0,
                    "active, queued and in_flight back to 0", within=slow + 3)
     assert stats["queued_total"] == 1, stats["queued_total"]
+
+
+def test_reset_during_a_request_leaves_the_gauges_at_zero(sim, client):
+    """A reset while a model request still runs (its client gave up; the simulator sleeps out the latency): the
+    gauges count only requests started since the reset, so in_flight, active and max_in_flight stay 0 when the
+    old request ends (never -1), and a new request counts from 0 again (README §5)."""
+    slow = 1.0
+    sim.configure(max_concurrency=1, slow_first_token_seconds=slow)
+    with pytest.raises(httpx.ReadTimeout):
+        client.post(GEN, json=VALID, headers={"x-goog-api-key": KEY}, timeout=0.3)
+    settle(sim, lambda st_: st_["in_flight"] == 1 and st_["active"] == 1, "the abandoned request still running")
+    sim.reset()
+    time.sleep(slow + 0.3)   # the old request has ended by now
+    stats = sim.stats()
+    gauges = {k: stats[k] for k in ("in_flight", "max_in_flight", "active", "queued", "queued_total")}
+    assert gauges == dict.fromkeys(gauges, 0), f"gauges after the old request ended: {gauges}"
+    sim.configure(slow_first_token_seconds=0)
+    assert client.post(GEN, json=VALID, headers={"x-goog-api-key": KEY}).status_code == 200
+    stats = settle(sim, lambda st_: st_["in_flight"] == 0 and st_["active"] == 0, "in_flight and active 0")
+    assert stats["max_in_flight"] == 1, stats

@@ -81,6 +81,10 @@ class Simulator:
             self.config = dict(self.startup_config)
         self.rng = random.Random(self.config["seed"])
         self.seq = 0
+        # The gauges below count the requests that started since this reset: a request still running from before
+        # (a call its client cancelled sleeps out its simulated latency) neither raises nor lowers them, so they
+        # never go negative and a new measurement starts from 0.
+        self.epoch = getattr(self, "epoch", 0) + 1
         self.in_flight = 0
         self.max_in_flight = 0
         self.active = 0           # requests holding a max_concurrency slot
@@ -194,14 +198,16 @@ class Simulator:
             by_id[request_id] = by_id.get(request_id, 0) + 1
             if len(by_id) > REQUEST_LOG_SIZE:
                 del by_id[next(iter(by_id))]
+        epoch = self.epoch
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await self._model_action(scope, receive, send, version, model, action, method)
+            await self._model_action(scope, receive, send, version, model, action, method, epoch)
         except _Reply as r:
             await self._send(send, r.status, r.body)
         finally:
-            self.in_flight -= 1
+            if epoch == self.epoch:
+                self.in_flight -= 1
 
     # ---- admin API -------------------------------------------------------------
     async def _admin(self, scope, path, method, receive, send):
@@ -308,7 +314,7 @@ class Simulator:
         await self._send(send, 200, orjson.dumps(body))
 
     # ---- generate / stream / count --------------------------------------------------
-    async def _model_action(self, scope, receive, send, version, model, action, method):
+    async def _model_action(self, scope, receive, send, version, model, action, method, epoch: int = 0):
         if action not in _ACTIONS:
             raise _Reply(*errors.not_found(
                 f"Method models.{action} is not found for API version {version}. "
@@ -447,7 +453,7 @@ class Simulator:
             sem = self.semaphores.get(model)
             if sem is None:
                 sem = self.semaphores[model] = asyncio.Semaphore(capacity)
-            if not await self._acquire(sem, receive):
+            if not await self._acquire(sem, receive, epoch):
                 self._inc("by_status", "499")   # the caller gave up while queued
                 return
         try:
@@ -467,17 +473,21 @@ class Simulator:
         finally:
             if sem is not None:
                 sem.release()
-                self.active -= 1
+                if epoch == self.epoch:
+                    self.active -= 1
 
-    async def _acquire(self, sem: asyncio.Semaphore, receive) -> bool:
+    async def _acquire(self, sem: asyncio.Semaphore, receive, epoch: int) -> bool:
         """Take a max_concurrency slot, waiting in FIFO order (asyncio.Semaphore is fair); False
-        if the client disconnects while waiting (then no slot is held)."""
+        if the client disconnects while waiting (then no slot is held). The gauges move only while `epoch` is
+        the current one (see reset)."""
         if not sem.locked():
             await sem.acquire()
-            self.active += 1
+            if epoch == self.epoch:
+                self.active += 1
             return True
-        self.queued += 1
-        self.queued_total += 1
+        if epoch == self.epoch:
+            self.queued += 1
+            self.queued_total += 1
         acq = asyncio.ensure_future(sem.acquire())
         gone = asyncio.ensure_future(receive())
         got = False
@@ -491,13 +501,14 @@ class Simulator:
                     return False
                 gone = asyncio.ensure_future(receive())
         finally:
-            self.queued -= 1
+            if epoch == self.epoch:
+                self.queued -= 1
             if not gone.done():
                 gone.cancel()
             if not got:
                 if acq.cancel() is False and not acq.cancelled() and acq.exception() is None:
                     sem.release()       # acquired in the same instant the client left
-            else:
+            elif epoch == self.epoch:
                 self.active += 1
 
     async def _blocked(self, send, action, model, contents, system, safety: bool):
