@@ -74,7 +74,7 @@ def fleet(simulator, tmp_path_factory):
 def faults(simulator):
     """The simulator with fresh counters; back to its start-up configuration afterwards. Each reset waits until no
     call is in flight: an upstream call the service cancelled still sleeps its simulated latency in the simulator,
-    and a reset in between would leave the in_flight counter off by one."""
+    and one scenario's leftovers should not load the next one (the gauges themselves restart at each reset)."""
     settle_in_flight(simulator)
     simulator.reset(config=True)
     yield simulator
