@@ -73,11 +73,13 @@ import caching
 from dataclasses import dataclass
 
 from langchain_core.runnables import RunnableLambda
-from pydantic import AfterValidator, model_validator
+from pydantic import AfterValidator, ValidationInfo, model_validator
 from pydantic_settings import NoDecode
 
 import canary
 import experiments
+
+MIN_ATTEMPT_SECONDS = 0.3  # 남은 시간이 이보다 짧으면 새 시도를 하지 않음 (그 시간에 끝날 답이 거의 없음). 설정 검사도 씀
 # STARTER
 # # TODO 19 (lesson §13 '배치 처리'): LangChain 의 RunnableLambda (abatch 가 동시 처리 상한을 지킴)를 가져오세요.
 # # TODO 22, 25 (lesson §15 'A/B 테스트', §16 '카나리 모델 업데이트'): experiments.py 와 canary.py 를 가져오세요.
@@ -136,6 +138,20 @@ class Settings(BaseSettings):
     @classmethod
     def empty_is_none(cls, value):
         return value or None
+
+    @field_validator("fallback_reserve_seconds")
+    @classmethod
+    def primary_gets_an_attempt(cls, reserve: float, info: ValidationInfo) -> float:
+        # 주 모델은 데드라인에서 Fallback 몫을 뺀 시간까지만 시도를 시작합니다. 그 시간이 시도 하나의 최소 시간보다 짧으면
+        # 주 모델은 한 번도 불리지 않고 모든 요청이 조용히 Fallback 으로 갑니다: 그런 설정이면 시작하지 않습니다.
+        # (모델 검사기가 아니라 필드 검사기: 오류에 설정 전체(키 포함)가 아니라 이 값만 찍힙니다.)
+        deadline, fallback = info.data.get("request_deadline_seconds"), info.data.get("fallback_model")
+        if deadline is not None and fallback and deadline - reserve < MIN_ATTEMPT_SECONDS:
+            raise ValueError(
+                f"REQUEST_DEADLINE_SECONDS({deadline:g}) - FALLBACK_RESERVE_SECONDS({reserve:g}) = {deadline - reserve:g}초: "
+                f"주 모델의 시도 하나에 필요한 {MIN_ATTEMPT_SECONDS:g}초보다 짧아 주 모델을 부르지 못합니다. "
+                "데드라인을 늘리거나 FALLBACK_RESERVE_SECONDS 를 줄이세요")
+        return reserve
     # STARTER
     # # TODO 1 (lesson §2 '데드라인 있는 재시도'): 06단계 설정을 더하세요 (README 의 설정 표):
     # # request_deadline_seconds (2.5), fallback_model ("gemini-3.5-flash-lite"), fallback_reserve_seconds (0.8),
@@ -455,7 +471,6 @@ class CircuitOpen(Exception):
 
 # 깨진 200 본문: ainvoke 는 json.JSONDecodeError, astream 은 UnknownApiResponseError (시뮬레이터 README §1)
 MALFORMED = (UpstreamMalformed, json.JSONDecodeError, UnknownApiResponseError)
-MIN_ATTEMPT_SECONDS = 0.3  # 남은 시간이 이보다 짧으면 새 시도를 하지 않음 (그 시간에 끝날 답이 거의 없음)
 
 
 def check_reply(reply) -> None:
