@@ -136,8 +136,7 @@ def run_load(url: str, keys: list[str], seconds: float, *, verify: Any, timeout:
     waited for (each is bounded by `timeout`, so a hang shows as status 0, not as a stuck suite).
     Users start SPAWN_RATE per second, evenly (not all in the same millisecond: a herd that starts together
     also times out together, and the replica then handles those timeouts one after the other on its event loop;
-    that herd is not what a load of independent users looks like. Each timeout cost 25-45 ms of loop time until
-    step 05's capture_upstream_failure stopped building Sentry events with no DSN to send them to; 4-13 ms now).
+    that herd is not what a load of independent users looks like).
     `during(marks)` runs in the calling thread while the users run (the fault injector) and may record
     moments in `marks` (time.monotonic())."""
     shots: list[Shot] = []

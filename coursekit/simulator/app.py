@@ -20,6 +20,7 @@ import random
 import re
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -63,6 +64,16 @@ class _Reply(Exception):
         self.status, self.body = status, body
 
 
+@dataclass
+class _Gauges:
+    """Live gauges of model requests (GET /_sim/stats); a new set at each reset."""
+    in_flight: int = 0
+    max_in_flight: int = 0
+    active: int = 0           # requests holding a max_concurrency slot
+    queued: int = 0           # requests waiting for one
+    queued_total: int = 0
+
+
 class Simulator:
     """State of one simulator: config, seeded RNG, counters, per-key quota windows."""
 
@@ -81,15 +92,10 @@ class Simulator:
             self.config = dict(self.startup_config)
         self.rng = random.Random(self.config["seed"])
         self.seq = 0
-        # The gauges below count the requests that started since this reset: a request still running from before
-        # (a call its client cancelled sleeps out its simulated latency) neither raises nor lowers them, so they
-        # never go negative and a new measurement starts from 0.
-        self.epoch = getattr(self, "epoch", 0) + 1
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.active = 0           # requests holding a max_concurrency slot
-        self.queued = 0           # requests waiting for one
-        self.queued_total = 0
+        # New gauges at each reset: a request still running from before (a call its client cancelled sleeps out its
+        # simulated latency) keeps moving the gauges it started with, so these count only requests started since
+        # this reset, never go negative, and a new measurement starts from 0.
+        self.gauges = _Gauges()
         self.semaphores: dict[str, asyncio.Semaphore] = {}
         self.windows: dict[str, deque] = {}
         self.log: deque[tuple] = deque(maxlen=REQUEST_LOG_SIZE)
@@ -127,11 +133,7 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         s = orjson.loads(orjson.dumps(self.counters))
-        s["in_flight"] = self.in_flight
-        s["max_in_flight"] = self.max_in_flight
-        s["active"] = self.active
-        s["queued"] = self.queued
-        s["queued_total"] = self.queued_total
+        s.update(vars(self.gauges))
         s["uptime_seconds"] = round(time.time() - self.started_at, 3)
         return s
 
@@ -198,16 +200,15 @@ class Simulator:
             by_id[request_id] = by_id.get(request_id, 0) + 1
             if len(by_id) > REQUEST_LOG_SIZE:
                 del by_id[next(iter(by_id))]
-        epoch = self.epoch
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        g = self.gauges
+        g.in_flight += 1
+        g.max_in_flight = max(g.max_in_flight, g.in_flight)
         try:
-            await self._model_action(scope, receive, send, version, model, action, method, epoch)
+            await self._model_action(scope, receive, send, version, model, action, method, g)
         except _Reply as r:
             await self._send(send, r.status, r.body)
         finally:
-            if epoch == self.epoch:
-                self.in_flight -= 1
+            g.in_flight -= 1
 
     # ---- admin API -------------------------------------------------------------
     async def _admin(self, scope, path, method, receive, send):
@@ -314,7 +315,7 @@ class Simulator:
         await self._send(send, 200, orjson.dumps(body))
 
     # ---- generate / stream / count --------------------------------------------------
-    async def _model_action(self, scope, receive, send, version, model, action, method, epoch: int = 0):
+    async def _model_action(self, scope, receive, send, version, model, action, method, g: _Gauges):
         if action not in _ACTIONS:
             raise _Reply(*errors.not_found(
                 f"Method models.{action} is not found for API version {version}. "
@@ -453,7 +454,7 @@ class Simulator:
             sem = self.semaphores.get(model)
             if sem is None:
                 sem = self.semaphores[model] = asyncio.Semaphore(capacity)
-            if not await self._acquire(sem, receive, epoch):
+            if not await self._acquire(sem, receive, g):
                 self._inc("by_status", "499")   # the caller gave up while queued
                 return
         try:
@@ -473,21 +474,17 @@ class Simulator:
         finally:
             if sem is not None:
                 sem.release()
-                if epoch == self.epoch:
-                    self.active -= 1
+                g.active -= 1
 
-    async def _acquire(self, sem: asyncio.Semaphore, receive, epoch: int) -> bool:
+    async def _acquire(self, sem: asyncio.Semaphore, receive, g: _Gauges) -> bool:
         """Take a max_concurrency slot, waiting in FIFO order (asyncio.Semaphore is fair); False
-        if the client disconnects while waiting (then no slot is held). The gauges move only while `epoch` is
-        the current one (see reset)."""
+        if the client disconnects while waiting (then no slot is held). `g`: the gauges the request started with."""
         if not sem.locked():
             await sem.acquire()
-            if epoch == self.epoch:
-                self.active += 1
+            g.active += 1
             return True
-        if epoch == self.epoch:
-            self.queued += 1
-            self.queued_total += 1
+        g.queued += 1
+        g.queued_total += 1
         acq = asyncio.ensure_future(sem.acquire())
         gone = asyncio.ensure_future(receive())
         got = False
@@ -501,15 +498,14 @@ class Simulator:
                     return False
                 gone = asyncio.ensure_future(receive())
         finally:
-            if epoch == self.epoch:
-                self.queued -= 1
+            g.queued -= 1
             if not gone.done():
                 gone.cancel()
             if not got:
                 if acq.cancel() is False and not acq.cancelled() and acq.exception() is None:
                     sem.release()       # acquired in the same instant the client left
-            elif epoch == self.epoch:
-                self.active += 1
+            else:
+                g.active += 1
 
     async def _blocked(self, send, action, model, contents, system, safety: bool):
         """HTTP 200 without an answer: a candidate stopped by the safety filter (finishReason
